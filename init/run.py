@@ -1,0 +1,123 @@
+"""Composition: config + host facts → plan → (dry run | apply through an executor) → optional validation."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from init.apply import ApplyError, Executor
+from init.config import CaptureConfig
+from init.plan import Family, Plan, PolicyRoute, plan
+from init.render import (
+    Residue,
+    TableState,
+    builtin_plain_rules,
+    cleanup_text,
+    deletion_spec,
+    parse_save,
+    residue,
+    restore_text,
+    transaction_text,
+)
+
+Log = Callable[[str], None]
+
+_RESTORE = {Family.V4: "iptables-restore", Family.V6: "ip6tables-restore"}
+
+
+def route_commands(route: PolicyRoute) -> list[str]:
+    inet, default = ("inet", "default") if route.family is Family.V4 else ("inet6", "::/0")
+    return [
+        f"ip -f {inet} rule add fwmark {route.mark} lookup {route.table}",
+        f"ip -f {inet} route add local {default} dev lo table {route.table}",
+    ]
+
+
+def dry_run_text(p: Plan) -> str:
+    parts = []
+    for family in p.families:
+        parts.append(f"# {_RESTORE[family]} --noflush (IPv{int(family)})\n{restore_text(p.rules(family))}")
+    commands = (["ip -6 addr add ::6/128 dev lo"] if p.ipv6 else []) + [
+        c for route in p.routes for c in route_commands(route)
+    ]
+    if commands:
+        parts.append("# ip (netlink)\n" + "\n".join(commands) + "\n")
+    return "".join(parts)
+
+
+def _residues(executor: Executor, family: Family, p: Plan) -> dict[str, Residue]:
+    """What a previous run left in each table of this family."""
+    state = parse_save(executor.save(family))
+    found: dict[str, list[str]] = {}
+    for rule in builtin_plain_rules(p.rules(family)):
+        # Only ask iptables (-C, one exec each) when the table holds rules at all: a fresh pod has none.
+        table = state.get(rule.table)
+        if table is not None and table.rules and executor.check(family, rule):
+            found.setdefault(rule.table, []).append(deletion_spec(rule))
+    tables = set(state) | set(found)
+    return {t: residue(state.get(t) or TableState(), tuple(found.get(t, ()))) for t in sorted(tables)}
+
+
+def apply(p: Plan, executor: Executor, log: Log = print) -> None:
+    """Program the plan; on any failure undo what this run committed and raise ApplyError."""
+    texts = {family: transaction_text(p.rules(family), _residues(executor, family, p)) for family in p.families}
+    committed: list[Family] = []
+    routes_added: list[PolicyRoute] = []
+    try:
+        for family in p.families:
+            log(f"Applying with {_RESTORE[family]} --noflush:\n{texts[family]}")
+            executor.restore(family, texts[family])
+            committed.append(family)
+        if p.ipv6:
+            executor.add_loopback_v6()
+        for route in p.routes:
+            routes_added.append(route)  # before adding: a half-done add (rule without route) is undone too
+            executor.add_route(route)
+    except ApplyError:
+        for route in routes_added:
+            executor.remove_route(route)
+        for family in committed:
+            executor.restore(family, cleanup_text(_residues(executor, family, p)))
+        raise
+
+
+def clean(p: Plan, executor: Executor, log: Log = print) -> None:
+    """Remove what apply added (our chains, the rules that reach them, the planned plain rules,
+    TPROXY routing); foreign rules stay. Errors in one step don't stop the others."""
+    problems = []
+    for family in p.families:
+        text = cleanup_text(_residues(executor, family, p))
+        if not text:
+            continue
+        log(f"Removing with {_RESTORE[family]} --noflush:\n{text}")
+        try:
+            executor.restore(family, text)
+        except ApplyError as err:
+            problems.append(str(err))
+    for route in p.routes:
+        try:
+            executor.remove_route(route)
+        except ApplyError as err:
+            problems.append(str(err))
+    if p.ipv6:
+        try:
+            executor.remove_loopback_v6()
+        except ApplyError as err:
+            problems.append(str(err))
+    if problems:
+        raise ApplyError("\n".join(problems))
+
+
+def write_outputs(p: Plan, paths: tuple[str, ...]) -> None:
+    """--output-paths: the IPv4 restore text to the first path, IPv6 to the second (Istio 1.13 logged these)."""
+    for family, path in zip(p.families, paths):
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(restore_text(p.rules(family)))
+
+
+def make_plan(config: CaptureConfig, facts) -> Plan:
+    return plan(config, facts.ipv6, facts.dns_servers_v4, facts.dns_servers_v6)
+
+
+def warn(message: str) -> None:
+    print(message, file=sys.stderr)
