@@ -117,7 +117,7 @@ def _config(flags: dict):
     from init.host import default_proxy_uid
 
     try:
-        return build_config(flags, default_proxy_uid())
+        return build_config(flags, default_proxy_uid)
     except ConfigError as err:
         for problem in err.problems:
             click.echo(f"{PROG}: error: {problem}", err=True)

@@ -10,7 +10,7 @@ import enum
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -148,11 +148,11 @@ class _Collector:
         return 0.0
 
 
-def build_config(raw: RawFlags, default_proxy_uid: str) -> CaptureConfig:
+def build_config(raw: RawFlags, default_proxy_uid: str | Callable[[], str]) -> CaptureConfig:
     """Turn raw flag values into a CaptureConfig, or raise ConfigError listing every problem.
 
     `default_proxy_uid` is what an empty --proxy-uid means (Istio: the uid of $ENVOY_USER, else 1337);
-    it is looked up by the caller so this stays pure.
+    the caller may pass a lookup, called only when needed, so this stays pure.
     """
     c = _Collector()
     text = lambda key: str(raw.get(key) or "")  # noqa: E731 - tiny accessor
@@ -183,7 +183,9 @@ def build_config(raw: RawFlags, default_proxy_uid: str) -> CaptureConfig:
     else:
         exclude_cidrs = c.cidrs("--istio-service-exclude-cidr", exclude)
 
-    uids = c.owners("--proxy-uid", text("proxy_uid")) or (default_proxy_uid,)
+    uids = c.owners("--proxy-uid", text("proxy_uid")) or (
+        default_proxy_uid() if callable(default_proxy_uid) else default_proxy_uid,
+    )
     gids = c.owners("--proxy-gid", text("proxy_gid")) or uids
 
     backend_text = (text("iptables_backend") or "auto").strip().lower()

@@ -9,7 +9,7 @@ next candidate is tried.
 
 from __future__ import annotations
 
-import shutil
+import os
 import subprocess
 from dataclasses import dataclass
 
@@ -31,10 +31,19 @@ def _names(family: Family, backend: str) -> tuple[str, str, str]:
     return f"{base}-{backend}-restore", f"{base}-{backend}-save", f"{base}-{backend}"
 
 
+def _which(name: str) -> str | None:
+    # shutil.which would do, but importing shutil costs more than this whole lookup (startup matters here).
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(directory, name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
+
+
 def _plain_variant(family: Family) -> Binaries | None:
     """Distributions without the suffixed names: ask the plain binary which variant it is."""
     base = "iptables" if family is Family.V4 else "ip6tables"
-    paths = [shutil.which(n) for n in (f"{base}-restore", f"{base}-save", base)]
+    paths = [_which(n) for n in (f"{base}-restore", f"{base}-save", base)]
     if not all(paths):
         return None
     try:
@@ -46,7 +55,7 @@ def _plain_variant(family: Family) -> Binaries | None:
 
 
 def find(family: Family, backend: str) -> Binaries | None:
-    paths = [shutil.which(n) for n in _names(family, backend)]
+    paths = [_which(n) for n in _names(family, backend)]
     if all(paths):
         return Binaries(backend, family, paths[0], paths[1], paths[2])  # type: ignore[arg-type]
     plain = _plain_variant(family)
@@ -71,12 +80,31 @@ def run_save(binaries: Binaries) -> str:
     return result.stdout if result.returncode == 0 else ""
 
 
-def candidates(family: Family, wanted: Backend) -> list[Binaries]:
-    """Backends to try, best first; empty when no iptables binary is installed."""
+_LEGACY_TABLES = {Family.V4: "/proc/net/ip_tables_names", Family.V6: "/proc/net/ip6_tables_names"}
+
+
+def legacy_tables_loaded(family: Family) -> bool:
+    """Legacy tables in use in this netns are listed here; an empty list spares running legacy-save."""
+    try:
+        with open(_LEGACY_TABLES[family], encoding="ascii") as fh:
+            return bool(fh.read().strip())
+    except OSError:
+        return True  # can't tell: ask the binary
+
+
+def candidates(family: Family, wanted: Backend, saves: dict | None = None) -> list[Binaries]:
+    """Backends to try, best first; empty when no iptables binary is installed. The save outputs read
+    while deciding are left in `saves` (backend → text) so the caller need not run them again."""
+    saves = {} if saves is None else saves
     if wanted is not Backend.AUTO:
         found = find(family, wanted.value)
         return [found] if found else []
     nft, legacy = find(family, "nft"), find(family, "legacy")
+    if legacy is not None and not legacy_tables_loaded(family):
+        saves["legacy"] = ""
+    for binaries in (legacy, nft):
+        if binaries is not None and binaries.backend not in saves:
+            saves[binaries.backend] = run_save(binaries)
     # Like Istio: legacy wins when it holds rules (nft's save only warns that legacy tables exist).
-    in_use = [b for b in (legacy, nft) if b is not None and holds_rules(run_save(b))]
+    in_use = [b for b in (legacy, nft) if b is not None and holds_rules(saves[b.backend])]
     return in_use + [b for b in (nft, legacy) if b is not None and b not in in_use]

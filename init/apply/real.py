@@ -8,7 +8,6 @@ import subprocess
 from init.apply import ApplyError
 from init.apply.backend import Binaries, candidates
 from init.config import Backend
-from init.diagnose import explain_restore_failure
 from init.plan import Family, PolicyRoute, Rule
 
 _FAMILY_NAME = {Family.V4: "iptables", Family.V6: "ip6tables"}
@@ -20,11 +19,12 @@ class RealExecutor:
         self._log = log
         self._candidates: dict[Family, list[Binaries]] = {}
         self._settled: dict[Family, Binaries] = {}
+        self._saves: dict[Family, dict[str, str]] = {}  # save outputs read and still current
 
     # -- iptables -----------------------------------------------------------------------------------------
     def _options(self, family: Family) -> list[Binaries]:
         if family not in self._candidates:
-            found = candidates(family, self._wanted)
+            found = candidates(family, self._wanted, self._saves.setdefault(family, {}))
             if not found:
                 which = "" if self._wanted is Backend.AUTO else f"-{self._wanted.value}"
                 name = _FAMILY_NAME[family]
@@ -39,8 +39,12 @@ class RealExecutor:
         return self._settled.get(family) or self._options(family)[0]
 
     def save(self, family: Family) -> str:
-        result = subprocess.run([self.binaries(family).save], capture_output=True, text=True)
-        return result.stdout if result.returncode == 0 else ""
+        binaries = self.binaries(family)
+        cached = self._saves.setdefault(family, {})
+        if binaries.backend not in cached:
+            result = subprocess.run([binaries.save], capture_output=True, text=True)
+            cached[binaries.backend] = result.stdout if result.returncode == 0 else ""
+        return cached[binaries.backend]
 
     def check(self, family: Family, rule: Rule) -> bool:
         cmd = [self.binaries(family).command, "-w", "-t", rule.table, "-C", rule.chain, *rule.args]
@@ -51,11 +55,14 @@ class RealExecutor:
         cannot serve is skipped for the next candidate (nothing was committed by the failed one)."""
         options = [self._settled[family]] if family in self._settled else self._options(family)
         failures = []
+        self._saves.pop(family, None)  # whatever happens, what was read may no longer be current
         for binaries in options:
             result = subprocess.run([binaries.restore, "--noflush"], input=text, capture_output=True, text=True)
             if result.returncode == 0:
                 self._settled[family] = binaries
                 return
+            from init.diagnose import explain_restore_failure  # only failures pay for its regexes
+
             failures.append(explain_restore_failure(result.stderr, binaries.backend, int(family)))
             if family in self._settled:
                 break
