@@ -195,13 +195,14 @@ def clean_command(**flags) -> None:
     # IPv6 rules may remain from a run when the pod had IPv6: clean them whenever ip6tables exists.
     ipv6 = facts.ipv6 or any(find(Family.V6, b) for b in ("nft", "legacy"))
     plan = run.plan(config, ipv6, facts.dns_servers_v4, facts.dns_servers_v6)
-    if config.dry_run:
-        click.echo(run.dry_run_text(plan), nl=False)
-        return
     from init.apply.real import RealExecutor
 
+    executor = RealExecutor(config.backend, log=run.warn)
     try:
-        run.clean(plan, RealExecutor(config.backend, log=run.warn), log=click.echo)
+        if config.dry_run:
+            click.echo(run.cleanup_preview(plan, executor), nl=False)
+        else:
+            run.clean(plan, executor, log=click.echo)
     except ApplyError as err:
         _fail(str(err))
 

@@ -81,6 +81,20 @@ def apply(p: Plan, executor: Executor, log: Log = print) -> None:
         raise
 
 
+def cleanup_preview(p: Plan, executor: Executor) -> str:
+    """What `clean` would remove, read from the namespace without changing it (clean --dry-run)."""
+    parts = []
+    for family in p.families:
+        text = cleanup_text(_residues(executor, family, p))
+        if text:
+            parts.append(f"# {_RESTORE[family]} --noflush (IPv{int(family)})\n{text}")
+    commands = [c.replace(" add ", " del ") for route in p.routes for c in route_commands(route)]
+    commands += ["ip -6 addr del ::6/128 dev lo"] if p.ipv6 else []
+    if commands:
+        parts.append("# ip (netlink), where present\n" + "\n".join(commands) + "\n")
+    return "".join(parts)
+
+
 def clean(p: Plan, executor: Executor, log: Log = print) -> None:
     """Remove what apply added (our chains, the rules that reach them, the planned plain rules,
     TPROXY routing); foreign rules stay. Errors in one step don't stop the others."""

@@ -83,7 +83,7 @@ def validate(proxy_port: int, inbound_port: int, probe_port: int, timeout: float
         name = "IPv4" if family == socket.AF_INET else "IPv6"
         try:
             ok = _probe_family(family, (proxy_port, inbound_port), probe_port, deadline, uid, gid)
-        except OSError as err:
+        except (OSError, KeyError) as err:  # KeyError: a proxy user/group name that does not resolve
             failures.append(f"{name}: {err}")
             continue
         if not ok:
