@@ -123,7 +123,8 @@ class RealExecutor:
             while _has_rule(ipr, route, family):
                 ipr.rule("del", family=family, fwmark=route.mark, table=route.table)
             try:
-                ipr.route("del", family=family, dst=default, type="local", oif=lo, table=route.table)
+                ipr.route("del", family=family, dst=default, type="local", oif=lo, table=route.table,
+                          scope="host")
             except NetlinkError as err:
                 if err.code not in (errno.ESRCH, errno.ENOENT):
                     raise ApplyError(f"removing the TPROXY route of table {route.table} failed: {err}") from err
