@@ -1,0 +1,224 @@
+"""Composition root of `amesh-agent run`: the one place that wires the xDS edge, the translation,
+the APISIX sink and supervisor, and the HTTP endpoints together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sidecar_agent import identity as identity_mod
+from sidecar_agent.apisix import config as apisix_config
+from sidecar_agent.apisix.supervisor import Supervisor, apisix_command
+from sidecar_agent.http import diag, health, metrics as metrics_mod
+from sidecar_agent.http.server import Running, serve
+from sidecar_agent.pipeline import Pipeline, Translate
+from sidecar_agent.sink.admin_api import AdminApiSink
+from sidecar_agent.sink.file import FileSink
+from sidecar_agent.sink.pusher import Pusher
+from sidecar_agent.store import EMPTY
+from sidecar_agent.xds.client import AdsClient, TlsSettings, Transport
+from sidecar_agent.xds.protocol import AdsSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    discovery_address: str = "istiod.istio-system.svc:15012"
+    plaintext: bool = False
+    root_cert: Path = Path("/var/run/secrets/istio/root-cert.pem")
+    token: Path = Path("/var/run/secrets/tokens/istio-token")
+    xds_server_name: str | None = None  # defaults to the discovery host (istiod's certificate SAN)
+    apisix_mode: apisix_config.Mode = apisix_config.Mode.API
+    apisix_admin_url: str | None = None
+    apisix_admin_key: str | None = None
+    apisix_prefix: Path = Path("/usr/local/apisix")
+    apisix_config_file: Path | None = None  # file mode: defaults to <prefix>/conf/apisix.yaml
+    apisix_metrics_url: str | None = None
+    no_apisix: bool = False
+    listen_host: str = "0.0.0.0"  # status and metrics ports (kubelet and Prometheus reach them)
+    status_port: int = 15021
+    metrics_port: int = 15020
+    admin_port: int = 15000  # always on 127.0.0.1
+    labels_file: Path = Path("/etc/istio/pod/labels")
+    partial_timeout: float = 10.0
+    drain_seconds: float = 5.0
+    schema_dir: Path | None = None  # APISIX's JSON Schemas: validate every document before pushing
+
+    def problems(self) -> list[str]:
+        out = []
+        host, sep, port = self.discovery_address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            out.append(f"--discovery-address must be HOST:PORT, got {self.discovery_address!r}")
+        if not self.plaintext and not self.root_cert.is_file():
+            out.append(f"TLS to istiod needs the mesh CA at {self.root_cert} (or --plaintext)")
+        if self.no_apisix and self.apisix_mode is apisix_config.Mode.API and not self.apisix_admin_key:
+            out.append("--no-apisix in api mode needs --apisix-admin-key of the APISIX you run")
+        for name in ("status_port", "metrics_port", "admin_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                out.append(f"{name} must be 0-65535")
+        return out
+
+
+def default_translate(schema_dir: Path | None = None) -> tuple[Translate, tuple[type[Exception], ...]]:
+    """The real translation (sidecar_agent.translate); with `schema_dir` (APISIX's JSON Schemas) a
+    document they refuse is an error too, so it is NACKed instead of pushed."""
+    from sidecar_agent.translate import TranslationError, translate
+
+    def run(resources) -> tuple[Mapping[str, Any], int]:
+        result = translate(resources)
+        if schema_dir is not None:
+            from sidecar_agent.schema import validate_document
+
+            problems = validate_document(result.document, schema_dir)
+            if problems:
+                raise TranslationError("APISIX's schemas refuse the document: " + "; ".join(problems[:5]))
+        return result.document, sum(result.report.by_field().values())
+
+    return run, (TranslationError,)
+
+
+def nofile_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = hard if hard != resource.RLIM_INFINITY else soft
+    return int(min(limit, 1024 * 1024)) if limit != resource.RLIM_INFINITY else 1024 * 1024
+
+
+@dataclass(eq=False)
+class Agent:
+    config: AgentConfig
+    env: Mapping[str, str]
+    translate: Translate | None = None
+    invalid: tuple[type[Exception], ...] = (ValueError,)
+    ports: dict[str, int] = field(default_factory=dict, init=False)
+    draining: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        problems = self.config.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.translate is None:
+            self.translate, self.invalid = default_translate(self.config.schema_dir)
+        labels = self.config.labels_file.read_text() if self.config.labels_file.is_file() else None
+        self.identity = identity_mod.from_env(self.env, labels_text=labels)
+        self.node = self.identity.node()
+        self.metrics = metrics_mod.AgentMetrics()
+        cfg = self.config
+        key = cfg.apisix_admin_key or apisix_config.new_admin_key()
+        self.apisix_settings = apisix_config.ApisixSettings(
+            admin_key=key, mode=cfg.apisix_mode, nofile_limit=max(256, nofile_limit())
+        )
+        if cfg.apisix_mode is apisix_config.Mode.API:
+            sink = AdminApiSink(cfg.apisix_admin_url or apisix_config.admin_url(self.apisix_settings), key)
+        else:
+            sink = FileSink(cfg.apisix_config_file or cfg.apisix_prefix / "conf" / "apisix.yaml")
+        self.apisix_metrics_url = cfg.apisix_metrics_url or (
+            None if cfg.no_apisix else apisix_config.prometheus_url(self.apisix_settings)
+        )
+        self.pusher = Pusher(sink, observer=self.metrics)
+        self.pipeline = Pipeline(self.translate, self.pusher, self.metrics, self.invalid, cfg.partial_timeout)
+        self.session = AdsSession(self.node)
+        tls = None
+        if not cfg.plaintext:
+            host = cfg.discovery_address.rpartition(":")[0]
+            token = cfg.token if cfg.token.is_file() else None
+            tls = TlsSettings(cfg.root_cert, token, cfg.xds_server_name or host)
+        self.client = AdsClient(Transport(cfg.discovery_address, tls), self.session,
+                                self.pipeline.decide, self.pipeline.on_accepted, observer=self.metrics)
+        self.supervisor: Supervisor | None = None
+        if not cfg.no_apisix:
+            self.supervisor = Supervisor(apisix_command(str(cfg.apisix_prefix)), on_start=self._apisix_started)
+
+    # -- readiness and HTTP -----------------------------------------------------------------------
+    def not_ready(self) -> str | None:
+        if self.draining:
+            return "draining"
+        if not self.pusher.ever_complete:
+            return "no complete configuration live in APISIX yet"
+        return None
+
+    def _apisix_started(self, pid: int) -> None:
+        if self.supervisor is not None and self.supervisor.starts > 1:
+            self.metrics.apisix_restarts.inc()
+        self.pusher.resend()  # a fresh APISIX in API mode starts empty
+
+    def _routes(self) -> tuple[dict, dict, dict]:
+        ready = health.ready_handler(self.not_ready)
+        stats = lambda q: (200, "text/plain; version=0.0.4",  # noqa: E731
+                           metrics_mod.merged_page(self.metrics, self.apisix_metrics_url))
+        snapshot = lambda: self.pipeline.snapshot or EMPTY  # noqa: E731
+        admin = {
+            "/config_dump": lambda q: diag.as_json(diag.config_dump(snapshot(), self.node, "include_eds" in q)),
+            "/apisix/document": lambda q: diag.as_json(
+                self.pusher.live.body if self.pusher.live else None),
+            "/status": lambda q: diag.as_json(diag.status(
+                snapshot().versions(), self.pusher.live.label if self.pusher.live else None,
+                self.session.last_nack, self.not_ready())),
+            "/stats/prometheus": stats,
+            "/ready": ready,
+        }
+        return {"/healthz/ready": ready}, {"/stats/prometheus": stats, "/healthz/ready": ready}, admin
+
+    def _write_apisix_config(self) -> None:
+        path = self.config.apisix_prefix / "conf" / "config.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(apisix_config.render_yaml(self.apisix_settings))
+        path.chmod(0o600)  # it holds the admin key
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        status_routes, metrics_routes, admin_routes = self._routes()
+        servers: list[Running] = [
+            serve(cfg.listen_host, cfg.status_port, status_routes),
+            serve(cfg.listen_host, cfg.metrics_port, metrics_routes),
+            serve("127.0.0.1", cfg.admin_port, admin_routes),
+        ]
+        self.ports = {"status": servers[0].port, "metrics": servers[1].port, "admin": servers[2].port}
+        tasks = [asyncio.create_task(self.client.run(), name="ads"),
+                 asyncio.create_task(self.pusher.run(), name="pusher")]
+        if self.supervisor is not None:
+            self._write_apisix_config()
+            tasks.append(asyncio.create_task(self.supervisor.run(), name="apisix"))
+        try:
+            waiter = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not waiter and task.exception():
+                    raise task.exception()
+            # Drain: fail readiness first so endpoints are withdrawn, then let APISIX finish requests.
+            self.draining = True
+            log.info("draining for up to %.0fs", cfg.drain_seconds)
+            if self.supervisor is not None:
+                await self.supervisor.stop(cfg.drain_seconds)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for server in servers:
+                server.close()
+
+    def forward(self, signum: int) -> None:
+        if self.supervisor is not None:
+            self.supervisor.forward(signum)
+
+
+async def serve_forever(agent: Agent) -> None:
+    """Run until SIGTERM/SIGINT (drain), forwarding SIGHUP to APISIX (reload)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, agent.forward, signal.SIGHUP)
+    await agent.run(stop)
+
+
+def main_env() -> Mapping[str, str]:
+    return dict(os.environ)

@@ -1,0 +1,60 @@
+"""`amesh-agent`: the sidecar agent's command line (a click group; `run` joins `translate` later).
+
+Subcommands import what they need when they run, so `amesh-agent --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def main() -> None:
+    """Amesh sidecar agent: Istio xDS -> Apache APISIX."""
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the document here (default: standard output).")
+@click.option("--format", "fmt", type=click.Choice(["json", "yaml"]), default="json", show_default=True,
+              help="json: body for PUT /apisix/admin/configs; yaml: conf/apisix.yaml (ends with #END).")
+@click.option("--report", is_flag=True, help="Print the unsupported-field report to standard error.")
+@click.option("--schema-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Validate against APISIX's JSON Schemas in this directory before writing.")
+def translate(input_path: Path, output: Path | None, fmt: str, report: bool, schema_dir: Path | None) -> None:
+    """Translate an Envoy /config_dump (JSON/YAML) or a directory of xDS resources into an APISIX document."""
+    from sidecar_agent.configdump import ConfigDumpError, load_config_dump
+    from sidecar_agent.translate import TranslationError
+    from sidecar_agent.translate import translate as run_translation
+    from sidecar_agent.translate.render import render
+
+    try:
+        result = run_translation(load_config_dump(input_path))
+    except (ConfigDumpError, TranslationError) as exc:
+        raise click.ClickException(f"invalid input: {exc}") from None
+    if schema_dir is not None:
+        from sidecar_agent.schema import validate_document
+
+        problems = validate_document(result.document, schema_dir)
+        if problems:
+            raise click.ClickException("the document does not validate:\n  " + "\n  ".join(problems[:50]))
+    text = render(result.document, fmt)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(output)  # never leave a half-written file behind
+    if report:
+        sys.stderr.write(result.report.to_text())
+
+
+main.add_command(__import__("sidecar_agent.run_cli", fromlist=["run"]).run)  # `run` (issue #4); click only
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""Load Envoy xDS resources from an admin `/config_dump`, a resource list or a directory.
+
+Accepted input (JSON or YAML, snake_case or camelCase protojson names):
+
+- an Envoy admin `/config_dump` (`{"configs": [...ListenersConfigDump, RoutesConfigDump, ...]}`), with or
+  without the EDS section; only the *dynamic* (xDS-delivered) resources are taken, bootstrap (static)
+  ones are skipped and noted;
+- a DiscoveryResponse-like `{"resources": [...]}`, a list of resources, or one resource; a resource
+  without `@type` is recognised by its fields or by the file name (`*.routes.yaml`, `*.clusters.json`…);
+- a directory: every `*.json`, `*.yaml`, `*.yml` file in it (sorted by name) is read that way.
+
+Typed configs that xds-protos does not know (Istio's `istio.*` filters, stats, metadata exchange) are
+kept as `xds.type.v3.TypedStruct` (type URL + JSON value) instead of failing the parse; fields unknown
+to this xds-protos version are ignored. Both are recorded as `ParseNote`s so the translation report
+shows them. Structurally invalid input raises `ConfigDumpError` naming the resource and the problem.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from google.protobuf import descriptor_pool, json_format
+
+from sidecar_agent.xds import types
+
+LISTENER, ROUTE_CONFIG, CLUSTER, ENDPOINTS = "listener", "route_config", "cluster", "endpoints"
+
+_TYPE_URL_KIND = {
+    types.LISTENER: LISTENER,
+    types.ROUTE_CONFIGURATION: ROUTE_CONFIG,
+    types.CLUSTER: CLUSTER,
+    types.CLUSTER_LOAD_ASSIGNMENT: ENDPOINTS,
+}
+_TYPED_STRUCT = types.PREFIX + "xds.type.v3.TypedStruct"
+
+
+class ConfigDumpError(ValueError):
+    """The input is not a readable set of xDS resources (the message says where and why)."""
+
+
+@dataclass(frozen=True)
+class ParseNote:
+    """Something the parse could not carry over exactly (shown in the translation report)."""
+
+    kind: str
+    resource: str
+    field: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class XdsResources:
+    """Envoy v3 resources by name: Listener, RouteConfiguration, Cluster, ClusterLoadAssignment."""
+
+    listeners: Mapping[str, Any] = field(default_factory=dict)
+    route_configs: Mapping[str, Any] = field(default_factory=dict)
+    clusters: Mapping[str, Any] = field(default_factory=dict)
+    endpoints: Mapping[str, Any] = field(default_factory=dict)
+    notes: tuple[ParseNote, ...] = ()
+
+
+def load_config_dump(source: str | Path | Mapping | list) -> XdsResources:
+    """Read `source` (a path to a file or directory, or already-parsed data) into xds-protos messages."""
+    collector = _Collector()
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".yaml", ".yml") and p.is_file())
+            if not files:
+                raise ConfigDumpError(f"{path}: directory holds no .json/.yaml/.yml files")
+            for file in files:
+                collector.collect(_read(file), _hint_from_name(file.name), str(file))
+        elif path.is_file():
+            collector.collect(_read(path), _hint_from_name(path.name), str(path))
+        else:
+            raise ConfigDumpError(f"{path}: no such file or directory")
+    elif isinstance(source, (Mapping, list)):
+        collector.collect(source, None, "<data>")
+    else:
+        raise ConfigDumpError(f"unsupported source type {type(source).__name__}")
+    return collector.result()
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    import yaml  # only YAML input pays for the import
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        return yaml.load(text, Loader=loader)
+    except yaml.YAMLError as exc:
+        raise ConfigDumpError(f"{path}: neither JSON nor YAML: {exc}") from None
+
+
+def _hint_from_name(name: str) -> str | None:
+    lowered = name.lower()
+    for marker, kind in (("listener", LISTENER), ("route", ROUTE_CONFIG), ("edsz", ENDPOINTS),
+                         ("endpoint", ENDPOINTS), ("cluster", CLUSTER)):
+        if marker in lowered:
+            return kind
+    return None
+
+
+def _get(data: Mapping, snake: str, default: Any = None) -> Any:
+    """Field by its protojson snake_case or camelCase name."""
+    if snake in data:
+        return data[snake]
+    head, *rest = snake.split("_")
+    return data.get(head + "".join(part.capitalize() for part in rest), default)
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.found: dict[str, dict[str, Any]] = {LISTENER: {}, ROUTE_CONFIG: {}, CLUSTER: {}, ENDPOINTS: {}}
+        self.notes: list[ParseNote] = []
+
+    def result(self) -> XdsResources:
+        return XdsResources(
+            listeners=self.found[LISTENER], route_configs=self.found[ROUTE_CONFIG],
+            clusters=self.found[CLUSTER], endpoints=self.found[ENDPOINTS],
+            notes=tuple(sorted(set(self.notes), key=lambda n: (n.kind, n.resource, n.field, n.detail))),
+        )
+
+    def collect(self, data: Any, hint: str | None, where: str) -> None:
+        if data is None:
+            return
+        if isinstance(data, list):
+            for item in data:
+                self.collect(item, hint, where)
+            return
+        if not isinstance(data, Mapping):
+            raise ConfigDumpError(f"{where}: expected an object or a list, got {type(data).__name__}")
+        if "configs" in data:
+            self._config_dump(data["configs"], where)
+        elif "resources" in data and isinstance(data["resources"], list):
+            url = _get(data, "type_url")
+            self.collect(data["resources"], _TYPE_URL_KIND.get(url, hint), where)
+        elif "@type" in data:
+            url = data["@type"]
+            if url == types.PREFIX + "envoy.service.discovery.v3.Resource":
+                self.collect(data.get("resource"), hint, where)
+            elif url in _TYPE_URL_KIND:
+                self.add(_TYPE_URL_KIND[url], data, where)
+            else:
+                raise ConfigDumpError(f"{where}: unexpected resource type {url}")
+        else:
+            self.add(_infer_kind(data, hint, where), data, where)
+
+    def _config_dump(self, configs: Any, where: str) -> None:
+        if not isinstance(configs, list):
+            raise ConfigDumpError(f"{where}: `configs` must be a list")
+        for section in configs:
+            kind = types.message_name(str(section.get("@type", "")))
+            if kind == "envoy.admin.v3.ListenersConfigDump":
+                self._static(section, "static_listeners", LISTENER)
+                for item in _get(section, "dynamic_listeners", []):
+                    state = _get(item, "active_state") or _get(item, "warming_state")
+                    if state and "listener" in state:
+                        self.add(LISTENER, state["listener"], where)
+            elif kind == "envoy.admin.v3.RoutesConfigDump":
+                self._static(section, "static_route_configs", ROUTE_CONFIG)
+                for item in _get(section, "dynamic_route_configs", []):
+                    self.add(ROUTE_CONFIG, _get(item, "route_config"), where)
+            elif kind == "envoy.admin.v3.ClustersConfigDump":
+                self._static(section, "static_clusters", CLUSTER)
+                for key in ("dynamic_active_clusters", "dynamic_warming_clusters"):
+                    for item in _get(section, key, []):
+                        self.add(CLUSTER, item.get("cluster"), where)
+            elif kind == "envoy.admin.v3.EndpointsConfigDump":
+                self._static(section, "static_endpoint_configs", ENDPOINTS)
+                for item in _get(section, "dynamic_endpoint_configs", []):
+                    self.add(ENDPOINTS, _get(item, "endpoint_config"), where)
+            # Bootstrap, secrets and scoped routes are not translated: nothing to collect.
+
+    def _static(self, section: Mapping, key: str, kind: str) -> None:
+        # Bootstrap resources (admin, stats, the xDS/SDS clusters) belong to Envoy itself, not the mesh.
+        for item in _get(section, key, []):
+            body = next((v for v in item.values() if isinstance(v, Mapping)), {})
+            name = _get(body, "cluster_name" if kind == ENDPOINTS else "name", "?")
+            self.notes.append(ParseNote(kind, str(name), "(static)", "bootstrap resource not translated"))
+
+    def add(self, kind: str, data: Any, where: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigDumpError(f"{where}: a {kind} resource must be an object")
+        message = _parse(kind, data, where, self.notes)
+        name = message.cluster_name if kind == ENDPOINTS else message.name
+        if not name:
+            raise ConfigDumpError(f"{where}: {kind} resource without a name")
+        table = self.found[kind]
+        if name in table and table[name] != message:
+            raise ConfigDumpError(f"{where}: two different {kind} resources named {name!r}")
+        table[name] = message
+
+
+def _infer_kind(data: Mapping, hint: str | None, where: str) -> str:
+    keys = set(data)
+    if keys & {"virtual_hosts", "virtualHosts", "vhds"}:
+        return ROUTE_CONFIG
+    if keys & {"filter_chains", "filterChains", "listener_filters", "listenerFilters", "address",
+               "default_filter_chain", "defaultFilterChain"}:
+        return LISTENER
+    if keys & {"cluster_name", "clusterName"} and keys <= {"cluster_name", "clusterName", "endpoints",
+                                                         "policy", "named_endpoints", "namedEndpoints"}:
+        return ENDPOINTS
+    if keys & {"connect_timeout", "connectTimeout", "lb_policy", "lbPolicy", "eds_cluster_config",
+               "edsClusterConfig", "load_assignment", "loadAssignment", "cluster_type", "clusterType"}:
+        return CLUSTER
+    if hint:
+        return hint
+    raise ConfigDumpError(f"{where}: cannot tell which xDS resource this is (keys: {sorted(keys)[:8]})")
+
+
+# --- protobuf parsing ----------------------------------------------------------------------------
+
+
+def _message_class(kind: str) -> type:
+    if kind == LISTENER:
+        from envoy.config.listener.v3 import listener_pb2
+        return listener_pb2.Listener
+    if kind == ROUTE_CONFIG:
+        from envoy.config.route.v3 import route_pb2
+        return route_pb2.RouteConfiguration
+    if kind == CLUSTER:
+        from envoy.config.cluster.v3 import cluster_pb2
+        return cluster_pb2.Cluster
+    from envoy.config.endpoint.v3 import endpoint_pb2
+    return endpoint_pb2.ClusterLoadAssignment
+
+
+def _parse(kind: str, data: Mapping, where: str, notes: list[ParseNote]) -> Any:
+    _import_typed_structs()
+    name = str(_get(data, "cluster_name" if kind == ENDPOINTS else "name", "?"))
+    opaque: list[str] = []
+    body = _wrap_unknown_any({k: v for k, v in data.items() if k != "@type"}, opaque)
+    for url in opaque:
+        notes.append(ParseNote(kind, name, "typed_config", f"{url} unknown to xds-protos, kept opaque"))
+    message = _message_class(kind)()
+    try:
+        json_format.ParseDict(body, message)
+        return message
+    except json_format.ParseError as exc:
+        strict_error = str(exc)
+    message = _message_class(kind)()
+    try:
+        json_format.ParseDict(body, message, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise ConfigDumpError(f"{where}: invalid {kind} {name!r}: {exc}") from None
+    notes.append(ParseNote(kind, name, "(unknown fields)", strict_error.split(" at ")[0][:200]))
+    return message
+
+
+def _wrap_unknown_any(value: Any, opaque: list[str]) -> Any:
+    """Replace `Any` values whose type xds-protos lacks by a TypedStruct carrying the same JSON."""
+    if isinstance(value, list):
+        return [_wrap_unknown_any(v, opaque) for v in value]
+    if not isinstance(value, Mapping):
+        return value
+    url = value.get("@type")
+    if isinstance(url, str) and not _known_type(url):
+        opaque.append(url)
+        return {"@type": _TYPED_STRUCT, "type_url": url, "value": {k: v for k, v in value.items() if k != "@type"}}
+    return {k: _wrap_unknown_any(v, opaque) for k, v in value.items()}
+
+
+def _import_typed_structs() -> None:
+    # Generic wrappers that Istio uses and that the opaque fallback produces.
+    importlib.import_module("xds.type.v3.typed_struct_pb2")
+    importlib.import_module("udpa.type.v1.typed_struct_pb2")
+
+
+_pool = descriptor_pool.Default()
+_known_cache: dict[str, bool] = {}
+
+
+def _known_type(type_url: str) -> bool:
+    name = types.message_name(type_url)
+    if name not in _known_cache:
+        _known_cache[name] = _find(name) or (_import_packages_of(name) and _find(name))
+    return _known_cache[name]
+
+
+def _find(name: str) -> bool:
+    try:
+        _pool.FindMessageTypeByName(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _import_packages_of(name: str) -> bool:
+    """Import the generated modules of the proto package of `name` (a.b.v3.Msg -> a/b/v3/*_pb2)."""
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        package = ".".join(parts[:cut])
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for info in pkgutil.iter_modules(spec.submodule_search_locations):
+            if info.name.endswith("_pb2"):
+                importlib.import_module(f"{package}.{info.name}")
+        return True
+    return False
+
+
+def iter_resources(resources: XdsResources) -> Iterable[tuple[str, str, Any]]:
+    """(kind, name, message) for every resource, in a fixed order."""
+    for kind, table in ((CLUSTER, resources.clusters), (ENDPOINTS, resources.endpoints),
+                        (LISTENER, resources.listeners), (ROUTE_CONFIG, resources.route_configs)):
+        for name in sorted(table):
+            yield kind, name, table[name]

@@ -1,0 +1,77 @@
+"""Diagnostics on the loopback admin port: Envoy-format `/config_dump` of the raw xDS held, and the
+current APISIX document — so `istioctl proxy-config` and humans see what the agent sees."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.core.v3 import base_pb2
+from google.protobuf import any_pb2, json_format
+
+# Registered for json_format: the typed configs Istio puts in listeners, routes and clusters.
+from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
+from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+
+from sidecar_agent.store import Snapshot
+from sidecar_agent.xds import kinds
+
+
+def _packed(message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def config_dump_message(snapshot: Snapshot, node: base_pb2.Node, include_eds: bool) -> config_dump_pb2.ConfigDump:
+    bootstrap = config_dump_pb2.BootstrapConfigDump(bootstrap=bootstrap_pb2.Bootstrap(node=node))
+    clusters = config_dump_shared_pb2.ClustersConfigDump(version_info=snapshot.version(kinds.CDS))
+    for cluster in snapshot.items(kinds.CDS).values():
+        clusters.dynamic_active_clusters.add(version_info=snapshot.version(kinds.CDS), cluster=_packed(cluster))
+    listeners = config_dump_shared_pb2.ListenersConfigDump(version_info=snapshot.version(kinds.LDS))
+    for name, listener in snapshot.items(kinds.LDS).items():
+        dynamic = listeners.dynamic_listeners.add(name=name)
+        dynamic.active_state.version_info = snapshot.version(kinds.LDS)
+        dynamic.active_state.listener.CopyFrom(_packed(listener))
+    routes = config_dump_shared_pb2.RoutesConfigDump()
+    for route in snapshot.items(kinds.RDS).values():
+        routes.dynamic_route_configs.add(version_info=snapshot.version(kinds.RDS), route_config=_packed(route))
+    sections = [bootstrap, clusters, listeners, routes]
+    if include_eds:
+        endpoints = config_dump_shared_pb2.EndpointsConfigDump()
+        for cla in snapshot.items(kinds.EDS).values():
+            endpoints.dynamic_endpoint_configs.add(version_info=snapshot.version(kinds.EDS),
+                                                   endpoint_config=_packed(cla))
+        sections.append(endpoints)
+    return config_dump_pb2.ConfigDump(configs=[_packed(s) for s in sections])
+
+
+def config_dump(snapshot: Snapshot, node: base_pb2.Node, include_eds: bool = False) -> dict[str, Any]:
+    """Envoy admin's /config_dump JSON (EDS only with `?include_eds`, as in Envoy)."""
+    return json_format.MessageToDict(config_dump_message(snapshot, node, include_eds),
+                                     preserving_proto_field_name=True)
+
+
+def status(versions: Mapping[str, str], live_label: str | None, last_nack: Any, ready: str | None) -> dict:
+    return {
+        "xds_versions": dict(versions),
+        "apisix_document": live_label,
+        "ready": ready is None,
+        "not_ready_reason": ready,
+        "last_nack": None if last_nack is None else {
+            "type_url": last_nack.type_url, "version": last_nack.version,
+            "nonce": last_nack.nonce, "error": last_nack.error,
+        },
+    }
+
+
+def as_json(value: Any) -> tuple[int, str, bytes]:
+    return 200, "application/json", (json.dumps(value, indent=2, sort_keys=False) + "\n").encode()

@@ -1,0 +1,81 @@
+"""File-driven standalone: the whole document in `conf/apisix.yaml`.
+
+APISIX polls the file's change time once a second, in whole seconds, and ignores a file whose last
+line is not `#END` (apisix-facts.md). So: write a temp file beside it, fsync, rename over it (APISIX
+never reads half a file), and never let two writes land in the same second — the second one would
+be lost — by waiting for the next second and setting an mtime strictly newer than the last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sidecar_agent.sink.base import PushError
+
+_SECOND = 1_000_000_000
+
+
+def render(document: Mapping[str, Any]) -> str:
+    """apisix.yaml text for a document (pure): YAML, then the `#END` line APISIX requires."""
+    return yaml.safe_dump(dict(document), sort_keys=False, allow_unicode=True) + "#END\n"
+
+
+def wait_before_write(last_mtime_ns: int | None, now_ns: int) -> float:
+    """Seconds to wait so the next write falls in a later whole second than the last one (pure)."""
+    if last_mtime_ns is None or now_ns // _SECOND > last_mtime_ns // _SECOND:
+        return 0.0
+    return ((last_mtime_ns // _SECOND + 1) * _SECOND - now_ns) / _SECOND
+
+
+@dataclass
+class FileSink:
+    path: Path
+    clock_ns: Callable[[], int] = time.time_ns
+    last_mtime_ns: int | None = field(default=None, init=False)
+
+    async def push(self, document: Mapping[str, Any]) -> None:
+        text = render(document)
+        delay = wait_before_write(self.last_mtime_ns, self.clock_ns())
+        while delay > 0:
+            await asyncio.sleep(delay)
+            delay = wait_before_write(self.last_mtime_ns, self.clock_ns())
+        try:
+            self.last_mtime_ns = await asyncio.to_thread(self._write, text)
+        except OSError as exc:
+            raise PushError(f"writing {self.path}: {exc}") from exc
+
+    async def holds_last(self) -> bool:
+        if self.last_mtime_ns is None:
+            return True
+        try:
+            return self.path.stat().st_mtime_ns == self.last_mtime_ns
+        except FileNotFoundError:
+            return False
+
+    def _write(self, text: str) -> int:
+        directory = self.path.parent
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
+        try:
+            os.fchmod(fd, 0o644)  # APISIX's workers run as another user than the agent may
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            now = self.clock_ns()
+            next_second = (self.last_mtime_ns // _SECOND + 1) * _SECOND if self.last_mtime_ns else 0
+            mtime = max(now, next_second)
+            os.utime(tmp, ns=(mtime, mtime))
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return mtime

@@ -1,0 +1,26 @@
+"""xDS -> APISIX translation: pure functions from Envoy v3 resources to one APISIX standalone document.
+
+API (others rely on these names):
+
+- `translate(resources) -> Translation`: `resources` is a `sidecar_agent.configdump.XdsResources`;
+  `Translation.document` is the APISIX document (`{"routes": [...], "upstreams": [...]}`, sorted by
+  id, deterministic) and `Translation.report` the `Report` of unsupported fields
+  (`Unsupported(kind, resource, field, count)` entries; `Report.by_field()` for metrics).
+- `Translator`: the incremental form the agent uses. `set_cluster`, `set_endpoints`,
+  `set_route_config`, `set_listener` (and `remove_*`, `replace_*` for state-of-the-world pushes) update
+  one resource's cached translation and return the APISIX ids they touched; `document()` and
+  `report()` reassemble. An EDS update recomputes only the upstreams of the clusters reading it; an
+  RDS update only that route configuration's routes. Treat returned documents as read-only.
+- `TranslationError`: invalid input (the agent NACKs it). Unsupported input is not an error: it is
+  translated as far as APISIX allows and reported.
+
+Modules: `listener.py`, `route.py` (+ `match.py`, `action.py`), `cluster.py`, `endpoint.py`,
+`upstream.py` (route policy x cluster x endpoints -> upstream), `document.py` (assembly, `Translator`),
+`ids.py` (stable ids), `report.py` (coverage). docs/translation.md lists what maps to what.
+"""
+
+from sidecar_agent.translate.document import Translation, Translator, translate
+from sidecar_agent.translate.errors import TranslationError
+from sidecar_agent.translate.report import Report, Unsupported
+
+__all__ = ["Report", "Translation", "TranslationError", "Translator", "Unsupported", "translate"]

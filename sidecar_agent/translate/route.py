@@ -1,0 +1,212 @@
+"""Envoy RouteConfiguration -> APISIX routes (pure).
+
+How Envoy's routing is kept on APISIX, which merges every route into one router and falls through:
+
+- **Host with its port.** APISIX `hosts` compares nginx `$host`, which has no port. Each route matches
+  the `Host` header itself: `["http_host", "~*", "^(?:reviews|reviews:9080|…)$"]` (escaped, anchored,
+  case-insensitive like Envoy, exactly the listed forms; `(?::[0-9]+)?` is allowed only with
+  `ignore_port_in_host_matching`). Port-less `hosts` are added as well when they are valid, as a
+  pre-filter for `radixtree_host_uri`; the `vars` condition is the exact one.
+- **Virtual host choice.** Envoy picks one virtual host: exact domain, then the longest `*.suffix`, then
+  the longest `prefix.*`, then `*`. Each virtual host's domains are grouped by that rank (a *band*);
+  each group's routes live in a priority band above every less specific band.
+- **First match inside a virtual host** is descending priority within the band.
+- **No fall-through.** Each group ends with a lowest-in-band catch-all answering 404, so a request
+  that misses all routes of its virtual host never reaches another virtual host's routes.
+
+priority = band * STRIDE + (number of routes - index); the 404 catch-all gets band * STRIDE.
+
+- **Listener port.** Envoy picks the route configuration by the listener the connection arrived on
+  (Istio names outbound route configurations by port: `9080`, or `host:port`). APISIX sees every
+  route configuration at once, so routes of a port-named configuration also require
+  `["original_dst_port", "==", "9080"]` — the variable the agent registers from SO_ORIGINAL_DST
+  (apisix-facts.md). Without it, `*` virtual hosts of different ports would be ambiguous.
+  `PORT_VAR = None` turns this off.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+
+from sidecar_agent.translate import ids
+from sidecar_agent.translate.action import Scope, route_cors, translate_action
+from sidecar_agent.translate.errors import TranslationError
+from sidecar_agent.translate.match import escape, route_match
+from sidecar_agent.translate.report import Coverage, Unsupported
+from sidecar_agent.translate.upstream import UpstreamRef
+from sidecar_agent.xds import types
+
+STRIDE = 100_000
+BAND_EXACT, BAND_SUFFIX, BAND_PREFIX, BAND_ANY = 4000, 3000, 2000, 1000
+_HOST_DEF = re.compile(r"^\*$|^\*?[0-9a-zA-Z-._\[\]:]+$")
+_KNOWN_PER_FILTER = {types.FAULT_FILTER, types.CORS_FILTER}
+_RC_HANDLED = frozenset({"name", "virtual_hosts", "ignore_port_in_host_matching", "request_headers_to_add",
+                         "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
+                         "typed_per_filter_config", "validate_clusters", "max_direct_response_body_size_bytes"})
+_VHOST_HANDLED = frozenset({"name", "domains", "routes", "retry_policy", "request_headers_to_add",
+                            "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
+                            "cors", "typed_per_filter_config"})
+_ROUTE_HANDLED = frozenset({"name", "match", "route", "redirect", "direct_response", "typed_per_filter_config",
+                            "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add",
+                            "response_headers_to_remove"})
+PORT_VAR: str | None = "original_dst_port"
+_PORT_NAME = re.compile(r"^(?:.*:)?(\d{1,5})$")
+NOT_FOUND = {"fault-injection": {"abort": {"http_status": 404, "body": ""}}}
+
+
+@dataclass(frozen=True)
+class RouteSet:
+    """The APISIX routes of one RouteConfiguration and the upstreams they reference."""
+
+    name: str
+    routes: tuple[dict, ...]
+    refs: frozenset[UpstreamRef]
+    report: tuple[Unsupported, ...]
+
+
+def band_of(domain: str) -> int:
+    if domain == "*":
+        return BAND_ANY
+    if domain.startswith("*"):
+        return BAND_SUFFIX + min(len(domain), 999)
+    if domain.endswith("*"):
+        return BAND_PREFIX + min(len(domain), 999)
+    return BAND_EXACT
+
+
+def _check_domain(domain: str, where: str) -> None:
+    if not domain or ("*" in domain[1:-1]) or (domain != "*" and domain.startswith("*") and domain.endswith("*")):
+        raise TranslationError(f"{where}: invalid domain {domain!r} (a wildcard goes only at the start or end)")
+
+
+def host_condition(domains: list[str], ignore_port: bool) -> tuple[list[str] | None, list[tuple]]:
+    """(`hosts` pre-filter or None, `vars` expressions) matching exactly `domains` the Envoy way."""
+    if "*" in domains:
+        return None, []
+    alternatives = []
+    for domain in sorted(domains):
+        if domain.startswith("*"):
+            alternatives.append(".+" + escape(domain[1:]))
+        elif domain.endswith("*"):
+            alternatives.append(escape(domain[:-1]) + ".+")
+        else:
+            alternatives.append(escape(domain))
+    port = "(?::[0-9]+)?" if ignore_port else ""
+    expr = ("http_host", "~*", f"^(?:{'|'.join(alternatives)}){port}$")
+    hosts = sorted({_strip_port(d).lower() for d in domains})
+    if any(d.endswith("*") for d in domains) or any(h.startswith("*") and not h.startswith("*.") for h in hosts) \
+            or not all(_HOST_DEF.match(h) for h in hosts):
+        return None, [expr]
+    return hosts, [expr]
+
+
+def _strip_port(domain: str) -> str:
+    if domain.startswith("["):
+        return domain[: domain.index("]") + 1] if "]" in domain else domain
+    host, sep, port = domain.rpartition(":")
+    return host if sep and port.isdigit() and ":" not in host else domain
+
+
+def _report_per_filter(holder, cov: Coverage, path: str) -> None:
+    for key in holder.typed_per_filter_config:
+        if key not in _KNOWN_PER_FILTER:
+            cov.add(f"{path}.typed_per_filter_config[{key}]" if path else f"typed_per_filter_config[{key}]")
+
+
+def port_scope(route_config_name: str) -> list[tuple]:
+    """`original_dst_port` condition for Istio's port-named route configurations (`9080`, `host:9080`)."""
+    parsed = _PORT_NAME.match(route_config_name)
+    if PORT_VAR is None or not parsed or not 0 < int(parsed.group(1)) < 65536:
+        return []
+    return [(PORT_VAR, "==", parsed.group(1))]
+
+
+def translate_route_config(rc) -> RouteSet:
+    name = rc.name
+    cov = Coverage("route_config", name)
+    scope_vars = port_scope(name)
+    cov.unhandled(rc, _RC_HANDLED, "")
+    _report_per_filter(rc, cov, "")
+    routes: list[dict] = []
+    refs: set[UpstreamRef] = set()
+    seen_domains: dict[str, str] = {}
+    for vhost in rc.virtual_hosts:
+        cov.unhandled(vhost, _VHOST_HANDLED, "virtual_hosts")
+        _report_per_filter(vhost, cov, "virtual_hosts")
+        if not vhost.domains:
+            raise TranslationError(f"route_config {name!r}: virtual host {vhost.name!r} has no domains")
+        groups: dict[int, list[str]] = {}
+        for domain in vhost.domains:
+            _check_domain(domain, f"route_config {name!r} virtual host {vhost.name!r}")
+            key = domain.lower()
+            if key in seen_domains:
+                raise TranslationError(f"route_config {name!r}: domain {domain!r} is in virtual hosts "
+                                       f"{seen_domains[key]!r} and {vhost.name!r}")
+            seen_domains[key] = vhost.name
+            groups.setdefault(band_of(domain), []).append(domain)
+        translated = _vhost_routes(rc, vhost, cov)
+        count = len(translated)
+        if count >= STRIDE:
+            raise TranslationError(f"route_config {name!r}: virtual host {vhost.name!r} has {count} routes "
+                                   f"(at most {STRIDE - 1} fit a priority band)")
+        for band, domains in sorted(groups.items(), reverse=True):
+            hosts, host_vars = host_condition(domains, rc.ignore_port_in_host_matching)
+            host_vars = scope_vars + host_vars
+            group = f"band{band}"
+            for index, (route_name, route_vars, action) in translated:
+                obj = _route_object(ids.route_id(name, vhost.name, group, index, route_name),
+                                    f"{name}/{vhost.name}/{route_name}", band * STRIDE + count - index,
+                                    hosts, host_vars + route_vars)
+                if action.refs:
+                    obj["upstream_id"] = action.refs[0].id
+                    refs.update(action.refs)
+                if action.plugins:
+                    # Several bands share one Action: give each route its own copy.
+                    obj["plugins"] = copy.deepcopy(action.plugins) if len(groups) > 1 else action.plugins
+                if action.websocket:
+                    obj["enable_websocket"] = True
+                routes.append(obj)
+            catch_all = _route_object(ids.route_id(name, vhost.name, group, -1, "404"),
+                                      f"{name}/{vhost.name}/404", band * STRIDE, hosts, host_vars)
+            catch_all["plugins"] = {k: {"abort": dict(v["abort"])} for k, v in NOT_FOUND.items()}
+            routes.append(catch_all)
+    routes.sort(key=lambda r: r["id"])
+    return RouteSet(name, tuple(routes), frozenset(refs), cov.entries())
+
+
+def _vhost_routes(rc, vhost, cov: Coverage) -> list[tuple[int, tuple[str, list[tuple], object]]]:
+    """(Envoy index, (route name, match vars, Action)) for the routes APISIX can express."""
+    scope = Scope(vhost, rc)
+    out = []
+    path = "virtual_hosts.routes"
+    for index, route in enumerate(vhost.routes):
+        cov.unhandled(route, _ROUTE_HANDLED, path)
+        _report_per_filter(route, cov, path)
+        match = route_match(route.match, cov, f"{path}.match")
+        if match is None:
+            cov.add(f"{path}[dropped: match not expressible]")
+            continue
+        action = translate_action(route, scope, cov, path, _uri_prefix(route.match))
+        if "cors" not in action.plugins:
+            policy = route_cors(route, scope, cov, path)
+            if policy:
+                action.plugins["cors"] = policy
+        out.append((index, (route.name or f"route{index}", list(match.vars), action)))
+    return out
+
+
+def _uri_prefix(match) -> str | None:
+    kind = match.WhichOneof("path_specifier")
+    return {"prefix": match.prefix, "path": match.path,
+            "path_separated_prefix": match.path_separated_prefix}.get(kind)
+
+
+def _route_object(route_id: str, name: str, priority: int, hosts: list[str] | None, conditions: list[tuple]) -> dict:
+    obj: dict = {"id": route_id, "name": name[:256], "priority": priority, "uris": ["/*"]}
+    if hosts:
+        obj["hosts"] = list(hosts)
+    if conditions:
+        obj["vars"] = [list(c) for c in conditions]
+    return obj

@@ -1,0 +1,183 @@
+"""`amesh-agent run` composed for real (--no-apisix): health, metrics and diagnostics on loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from sidecar_agent.apisix.config import Mode
+from sidecar_agent.app import Agent, AgentConfig
+from sidecar_agent.testing import istiogen
+from sidecar_agent.xds.server import AdsServer
+from tests.agent.fake_apisix import FakeApisix
+from tests.agent.harness import translate, xds_of
+from tests.agent.waiting import eventually
+
+KEY = "app-test-admin-key"
+ENV = {"POD_NAME": "productpage-v1-abc", "POD_NAMESPACE": "default", "INSTANCE_IP": "10.244.0.10",
+       "ISTIO_META_CLUSTER_ID": "Kubernetes"}
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def aget(port: int, path: str) -> tuple[int, bytes]:
+    return await asyncio.to_thread(get, port, path)
+
+
+def config(ads_port: int, apisix: FakeApisix, tmp_path, **over) -> AgentConfig:
+    base = dict(discovery_address=f"127.0.0.1:{ads_port}", plaintext=True, no_apisix=True,
+                apisix_admin_url=apisix.url, apisix_admin_key=KEY, apisix_prefix=tmp_path,
+                apisix_metrics_url=f"{apisix.url}/apisix/prometheus/metrics",
+                listen_host="127.0.0.1", status_port=0, metrics_port=0, admin_port=0,
+                labels_file=tmp_path / "labels")
+    base.update(over)
+    return AgentConfig(**base)
+
+
+def test_health_metrics_and_config_dump(tmp_path):
+    async def main():
+        server = AdsServer()
+        port = await server.start()
+        stop = asyncio.Event()
+        try:
+            with FakeApisix(KEY) as apisix:
+                agent = Agent(config(port, apisix, tmp_path), ENV, translate=translate)
+                task = asyncio.create_task(agent.run(stop))
+                await eventually(lambda: agent.ports, what="ports bound")
+                status, body = await aget(agent.ports["status"], "/healthz/ready")
+                assert status == 503 and b"no complete configuration" in body
+
+                x = istiogen.bookinfo("all-v1")
+                server.set_snapshot("1", {"cds": x.clusters, "lds": x.listeners})  # RDS/EDS not yet there
+                await eventually(lambda: agent.pipeline.snapshot is not None, what="first snapshot")
+                status, _ = await aget(agent.ports["status"], "/healthz/ready")
+                assert status == 503 and apisix.accepted == []  # incomplete: nothing pushed
+                server.set_snapshot("1", xds_of(x))
+                await agent.pusher.wait_live("cds=1,eds=1,lds=1,rds=1", timeout=10)
+                status, _ = await aget(agent.ports["status"], "/healthz/ready")
+                assert status == 200
+
+                status, page = await aget(agent.ports["metrics"], "/stats/prometheus")
+                text = page.decode()
+                assert status == 200
+                assert 'amesh_xds_responses_total{result="ack",type="lds"}' in text
+                assert "amesh_apisix_push_seconds_count 1.0" in text
+                assert 'apisix_http_status{code="200",route="r1"} 3' in text  # APISIX's own, merged
+
+                status, dump = await aget(agent.ports["admin"], "/config_dump")
+                configs = json.loads(dump)["configs"]
+                types = [c["@type"].rsplit(".", 1)[-1] for c in configs]
+                assert types == ["BootstrapConfigDump", "ClustersConfigDump", "ListenersConfigDump",
+                                 "RoutesConfigDump"]
+                assert configs[0]["bootstrap"]["node"]["id"] == \
+                    "sidecar~10.244.0.10~productpage-v1-abc.default~default.svc.cluster.local"
+                listeners = {d["name"] for d in configs[2]["dynamic_listeners"]}
+                assert listeners == {l.name for l in x.listeners}
+                assert configs[1]["dynamic_active_clusters"][0]["cluster"]["@type"].endswith("Cluster")
+                _, dump = await aget(agent.ports["admin"], "/config_dump?include_eds")
+                assert len(json.loads(dump)["configs"]) == 5
+                _, document = await aget(agent.ports["admin"], "/apisix/document")
+                assert json.loads(document) == apisix.config
+                _, state = await aget(agent.ports["admin"], "/status")
+                assert json.loads(state)["ready"] is True
+
+                stop.set()  # SIGTERM: drain, readiness goes first
+                await asyncio.wait_for(task, 10)
+                assert agent.not_ready() == "draining"
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_partial_policy_after_timeout(tmp_path):
+    async def main():
+        server = AdsServer()
+        port = await server.start()
+        stop = asyncio.Event()
+        try:
+            with FakeApisix(KEY) as apisix:
+                agent = Agent(config(port, apisix, tmp_path, partial_timeout=0.2), ENV, translate=translate)
+                task = asyncio.create_task(agent.run(stop))
+                x = istiogen.bookinfo("all-v1")
+                server.set_snapshot("1", {"cds": x.clusters, "lds": x.listeners})
+                await eventually(lambda: agent.pusher.live, what="partial document live")
+                assert agent.pusher.live.label.startswith("partial:")
+                assert agent.not_ready() is not None  # partial is not ready
+                ids = {u["id"] for u in apisix.config.get("upstreams", [])}
+                assert all(r.get("upstream_id") in ids for r in apisix.config.get("routes", []) if "upstream_id" in r)
+                server.set_snapshot("1", xds_of(x))
+                await agent.pusher.wait_live("cds=1,eds=1,lds=1,rds=1", timeout=10)
+                assert agent.not_ready() is None
+                stop.set()
+                await asyncio.wait_for(task, 10)
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_bad_configuration_is_refused_before_anything_starts(tmp_path):
+    with FakeApisix(KEY) as apisix:
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            Agent(config(0, apisix, tmp_path, discovery_address="istiod"), ENV, translate=translate)
+        with pytest.raises(ValueError, match="mesh CA"):
+            Agent(config(1, apisix, tmp_path, plaintext=False, root_cert=tmp_path / "none.pem"), ENV,
+                  translate=translate)
+        with pytest.raises(ValueError, match="admin-key"):
+            Agent(config(1, apisix, tmp_path, apisix_admin_key=None), ENV, translate=translate)
+        with pytest.raises(ValueError, match="POD_NAME"):
+            Agent(config(1, apisix, tmp_path), {}, translate=translate)
+
+
+def test_file_mode_writes_the_document(tmp_path):
+    async def main():
+        server = AdsServer()
+        port = await server.start()
+        stop = asyncio.Event()
+        target = tmp_path / "apisix.yaml"
+        try:
+            with FakeApisix(KEY) as apisix:
+                agent = Agent(config(port, apisix, tmp_path, apisix_mode=Mode.FILE, apisix_config_file=target),
+                              ENV, translate=translate)
+                task = asyncio.create_task(agent.run(stop))
+                server.set_snapshot("1", xds_of(istiogen.bookinfo("all-v1")))
+                await agent.pusher.wait_live("cds=1,eds=1,lds=1,rds=1", timeout=10)
+                assert target.read_text().endswith("#END\n")
+                stop.set()
+                await asyncio.wait_for(task, 10)
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+
+
+SCHEMAS = __import__("pathlib").Path(__file__).resolve().parents[2] / ".." / "shared" / "apisix-schema" / "3.18"
+
+
+def test_default_translation_validates_against_apisix_schemas():
+    if not SCHEMAS.is_dir():
+        pytest.skip("../shared/apisix-schema/3.18 not present")
+    from sidecar_agent.app import default_translate
+    from sidecar_agent.pipeline import resources_of
+    from sidecar_agent.store import EMPTY
+    from sidecar_agent.xds import kinds
+
+    run, invalid = default_translate(SCHEMAS)
+    x = istiogen.bookinfo("all-v1")
+    snapshot = EMPTY
+    for kind, items in ((kinds.LDS, x.listeners), (kinds.RDS, x.route_configs), (kinds.CDS, x.clusters),
+                        (kinds.EDS, x.endpoints)):
+        snapshot = snapshot.replace(kind, "1", {kind.name_of(i): i for i in items})
+    document, _ = run(resources_of(snapshot))
+    assert document["routes"] and document["upstreams"]

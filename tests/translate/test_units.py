@@ -1,0 +1,189 @@
+"""Hand-built xDS in, APISIX out: matchers, endpoints, errors, incremental updates, configdump, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from sidecar_agent.cli import main
+from sidecar_agent.configdump import ConfigDumpError, load_config_dump
+from sidecar_agent.schema import validate_document
+from sidecar_agent.translate import TranslationError, Translator, translate
+
+from .conftest import fixture
+from .expr import pick
+
+CLUSTER = {"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "outbound|9080||reviews.default.svc.cluster.local",
+           "type": "EDS", "edsClusterConfig": {"serviceName": "outbound|9080||reviews.default.svc.cluster.local"},
+           "connectTimeout": "10s"}
+
+
+def rc(routes, domains=("reviews", "reviews:9080"), name="9080", **extra):
+    return {"@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration", "name": name,
+            "virtualHosts": [{"name": "reviews", "domains": list(domains), "routes": routes},
+                             {"name": "allow_any", "domains": ["*"],
+                              "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "PassthroughCluster"}}]}],
+            **extra}
+
+
+def cla(*hosts, name=CLUSTER["name"], health=None, priority=0):
+    eps = [{"endpoint": {"address": {"socketAddress": {"address": h, "portValue": 9080}}}} for h in hosts]
+    if health:
+        eps[0]["healthStatus"] = health
+    return {"@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment", "clusterName": name,
+            "endpoints": [{"lbEndpoints": eps, "priority": priority}] if hosts else []}
+
+
+def route(match, cluster=CLUSTER["name"], **action):
+    return {"match": match, "route": {"cluster": cluster, **action}}
+
+
+def translated(*resources):
+    return translate(load_config_dump(list(resources)))
+
+
+def test_header_invert_needs_the_header_present():
+    doc = translated(CLUSTER, rc([route({"prefix": "/", "headers": [
+        {"name": "end-user", "stringMatch": {"exact": "jason"}, "invertMatch": True}]})])).document
+    chosen = pick(doc["routes"], host="reviews:9080", port=9080, path="/")
+    assert chosen["name"].endswith("/404")  # header absent: Envoy's inverted match fails
+    chosen = pick(doc["routes"], host="reviews:9080", port=9080, path="/", headers={"end-user": "bob"})
+    assert "upstream_id" in chosen
+
+
+def test_literal_values_are_not_regexes():
+    doc = translated(CLUSTER, rc([route({"prefix": "/a.b", "headers": [
+        {"name": "x", "stringMatch": {"prefix": "v1.*"}}]})])).document
+    r = next(r for r in doc["routes"] if "upstream_id" in r and r["priority"] > 4 * 10**8)
+    assert ["uri", "~~", "^/a\\.b"] in r["vars"] and ["http_x", "~~", "^v1\\.\\*"] in r["vars"]
+    assert pick(doc["routes"], host="reviews", port=9080, path="/aXb", headers={"x": "v1.*"})["name"].endswith("/404")
+
+
+def test_first_match_order_is_priority_order():
+    doc = translated(CLUSTER, rc([route({"prefix": "/"}, timeout="1s"), route({"path": "/only"})])).document
+    chosen = pick(doc["routes"], host="reviews", port=9080, path="/only")
+    assert chosen["name"] == "9080/reviews/route0"  # Envoy takes the first match, not the longest
+
+
+def test_weights_of_zero_are_kept_and_all_zero_is_invalid():
+    wc = {"weightedClusters": {"clusters": [{"name": CLUSTER["name"], "weight": 100}, {"name": "v3", "weight": 0}]}}
+    doc = translated(CLUSTER, rc([{"match": {"prefix": "/"}, "route": wc}])).document
+    split = next(r for r in doc["routes"] if "plugins" in r and "traffic-split" in r["plugins"])
+    assert [w["weight"] for w in split["plugins"]["traffic-split"]["rules"][0]["weighted_upstreams"]] == [100, 0]
+    wc["weightedClusters"]["clusters"][0]["weight"] = 0
+    with pytest.raises(TranslationError, match="weight"):
+        translated(CLUSTER, rc([{"match": {"prefix": "/"}, "route": wc}]))
+
+
+def test_timeout_fraction_and_zero():
+    doc = translated(CLUSTER, rc([route({"prefix": "/x"}, timeout="0s"), route({"prefix": "/"}, timeout="0.5s")])).document
+    reads = sorted(u["timeout"]["read"] for u in doc["upstreams"] if u["name"].startswith("outbound|9080"))
+    assert reads == [0.5, 60.0]  # 0 = no Envoy timeout: APISIX's default, i.e. the plain upstream
+    zero = pick(doc["routes"], host="reviews", port=9080, path="/x")
+    plain = next(u for u in doc["upstreams"] if u["name"] == CLUSTER["name"])
+    assert zero["upstream_id"] == plain["id"]
+
+
+def test_endpoints_health_priority_and_zero():
+    doc = translated(CLUSTER, cla("10.0.0.2", "10.0.0.1", health="UNHEALTHY", priority=1)).document
+    up = next(u for u in doc["upstreams"] if u["name"] == CLUSTER["name"])
+    assert up["nodes"] == [{"host": "10.0.0.1", "port": 9080, "weight": 1, "priority": -1}]
+    empty = translated(CLUSTER, cla()).document
+    assert next(u for u in empty["upstreams"] if u["name"] == CLUSTER["name"])["nodes"] == []
+
+
+def test_duplicate_domains_are_invalid():
+    bad = rc([route({"prefix": "/"})])
+    bad["virtualHosts"][1]["domains"] = ["reviews"]
+    with pytest.raises(TranslationError, match="domain 'reviews'"):
+        translated(CLUSTER, bad)
+
+
+def test_incremental_eds_touches_only_its_upstreams():
+    other = dict(CLUSTER, name="outbound|9080||ratings.default.svc.cluster.local",
+                 edsClusterConfig={"serviceName": "outbound|9080||ratings.default.svc.cluster.local"})
+    resources = load_config_dump([CLUSTER, other, rc([route({"prefix": "/"})]), cla("10.0.0.1")])
+    t = Translator().load(resources)
+    before = t.document()
+    touched = t.set_endpoints(load_config_dump([cla("10.0.0.9")]).endpoints[CLUSTER["name"]])
+    after = t.document()
+    changed = {u["id"] for u in after["upstreams"]} - {json.dumps(u, sort_keys=True) and u["id"]
+                                                       for u in before["upstreams"] if u in after["upstreams"]}
+    assert changed == touched and len(touched) == 2  # the plain upstream and the route's variant
+    assert after["routes"] == before["routes"]
+    assert all("10.0.0.9" in json.dumps(u) for u in after["upstreams"] if u["id"] in touched)
+
+
+def test_incremental_equals_full_translation():
+    final = [CLUSTER, rc([route({"prefix": "/v2"})]), cla("10.0.0.3")]
+    t = Translator().load(load_config_dump([CLUSTER, rc([route({"prefix": "/"})]), cla("10.0.0.1")]))
+    t.set_route_config(load_config_dump([final[1]]).route_configs["9080"])
+    t.set_endpoints(load_config_dump([final[2]]).endpoints[CLUSTER["name"]])
+    assert t.document() == translated(*final).document
+
+
+def test_unknown_typed_config_does_not_fail_and_is_reported():
+    listener = {"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", "name": "0.0.0.0_9080",
+                "filterChains": [{"filters": [{"name": "istio.stats", "typedConfig": {
+                    "@type": "type.googleapis.com/stats.PluginConfig", "x": 1}}]}]}
+    result = translated(listener)
+    assert any("stats.PluginConfig" in e.field for e in result.report.entries)
+
+
+def test_snake_and_camel_case_give_the_same_messages():
+    camel = load_config_dump([cla("10.0.0.1")])
+    snake = load_config_dump([{"cluster_name": CLUSTER["name"], "endpoints": [{"lb_endpoints": [
+        {"endpoint": {"address": {"socket_address": {"address": "10.0.0.1", "port_value": 9080}}}}]}]}])
+    assert camel.endpoints == snake.endpoints
+
+
+def test_bad_input_names_the_problem(tmp_path):
+    with pytest.raises(ConfigDumpError, match="cannot tell"):
+        load_config_dump([{"foo": 1}])
+    with pytest.raises(ConfigDumpError, match="invalid route_config"):
+        load_config_dump([{"name": "x", "virtualHosts": [{"domains": 5}]}])
+    with pytest.raises(ConfigDumpError, match="no such file"):
+        load_config_dump(tmp_path / "missing.json")
+
+
+def test_directory_input(tmp_path):
+    (tmp_path / "a.clusters.json").write_text(json.dumps([CLUSTER]))
+    (tmp_path / "b.endpoints.yaml").write_text(json.dumps(cla("10.0.0.1")))
+    resources = load_config_dump(tmp_path)
+    assert list(resources.clusters) == [CLUSTER["name"]] and list(resources.endpoints) == [CLUSTER["name"]]
+
+
+def test_validator_rejects_what_apisix_rejects(schema_dir):
+    doc = translated(CLUSTER, rc([route({"prefix": "/"})])).document
+    assert validate_document(doc, schema_dir) == []
+    broken = json.loads(json.dumps(doc))
+    broken["routes"][0]["plugins"] = {"no-such-plugin": {}}
+    broken["routes"][1]["upstream_id"] = "u-nowhere"
+    broken["upstreams"][0]["nodes"] = [{"host": "10.0.0.1", "port": 0, "weight": 1}]
+    problems = validate_document(broken, schema_dir)
+    assert any("unknown plugin 'no-such-plugin'" in p for p in problems)
+    assert any("'u-nowhere' does not exist" in p for p in problems)
+    assert any("nodes" in p for p in problems)
+
+
+def test_cli_json_yaml_report(tmp_path, schema_dir):
+    source = fixture("envoygateway-retry.routes.yaml")
+    runner = CliRunner()
+    out = tmp_path / "apisix.yaml"
+    result = runner.invoke(main, ["translate", str(source), "-o", str(out), "--format", "yaml", "--report",
+                                  "--schema-dir", str(schema_dir)])
+    assert result.exit_code == 0, result.output
+    assert out.read_text().endswith("#END\n")
+    assert "retry_on[retriable-status-codes]" in result.stderr
+    as_json = runner.invoke(main, ["translate", str(source)])
+    assert json.loads(as_json.stdout)["routes"]
+
+
+def test_cli_bad_input_fails_cleanly_and_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"foo": 1}]')
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(main, ["translate", str(bad), "-o", str(out)])
+    assert result.exit_code == 1 and "invalid input" in result.output and not out.exists()
