@@ -135,6 +135,16 @@ def _enter_namespace(name: str) -> None:
     netns.setns(path, flags=0)
 
 
+def _prepare(flags: dict):
+    """Shared by apply and clean: validated config, the pod's namespace entered, host facts read."""
+    from init import host
+
+    config = _config(flags)
+    if config.network_namespace:
+        _enter_namespace(config.network_namespace)
+    return config, host.gather(config.redirect_dns, config.capture_all_dns)
+
+
 def _fail(message: str, code: int = 1) -> None:
     click.echo(f"{PROG}: error: {message}", err=True)
     raise SystemExit(code)
@@ -144,19 +154,16 @@ def _fail(message: str, code: int = 1) -> None:
 @_options
 def apply_command(**flags) -> None:
     """Program a pod's network namespace so its TCP traffic goes through the sidecar (istio-iptables)."""
-    from init import host, run
+    from init import run
     from init.apply import ApplyError
 
-    config = _config(flags)
-    if config.network_namespace:
-        _enter_namespace(config.network_namespace)
-    facts = host.gather(config.redirect_dns, config.capture_all_dns)
+    config, facts = _prepare(flags)
     if config.redirect_dns and not config.capture_all_dns and not (facts.dns_servers_v4 or facts.dns_servers_v6):
         run.warn(f"{PROG}: warning: --redirect-dns: no nameserver in /etc/resolv.conf; only the proxy's own "
                  "DNS rules are added")
     if config.trace_logging:
         run.warn(f"{PROG}: warning: --iptables-trace-logging is accepted but adds no NFLOG rules")
-    plan = run.make_plan(config, facts)
+    plan = run.plan(config, facts.ipv6, facts.dns_servers_v4, facts.dns_servers_v6)
     if config.dry_run:
         click.echo(run.dry_run_text(plan), nl=False)
         return
@@ -183,15 +190,12 @@ def apply_command(**flags) -> None:
 @_options
 def clean_command(**flags) -> None:
     """Remove the capture rules amesh-iptables added (istio-clean-iptables); other rules stay."""
-    from init import host, run
+    from init import run
     from init.apply import ApplyError
     from init.apply.backend import find
     from init.plan import Family
 
-    config = _config(flags)
-    if config.network_namespace:
-        _enter_namespace(config.network_namespace)
-    facts = host.gather(config.redirect_dns, config.capture_all_dns)
+    config, facts = _prepare(flags)
     # IPv6 rules may remain from a run when the pod had IPv6: clean them whenever ip6tables exists.
     ipv6 = facts.ipv6 or any(find(Family.V6, b) for b in ("nft", "legacy"))
     plan = run.plan(config, ipv6, facts.dns_servers_v4, facts.dns_servers_v6)

@@ -6,7 +6,7 @@ import sys
 from typing import Callable
 
 from init.apply import ApplyError, Executor
-from init.config import CaptureConfig
+
 from init.plan import Family, Plan, PolicyRoute, plan
 from init.render import (
     Residue,
@@ -127,10 +127,6 @@ def write_outputs(p: Plan, paths: tuple[str, ...]) -> None:
     for family, path in zip(p.families, paths):
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(restore_text(p.rules(family)))
-
-
-def make_plan(config: CaptureConfig, facts) -> Plan:
-    return plan(config, facts.ipv6, facts.dns_servers_v4, facts.dns_servers_v6)
 
 
 def warn(message: str) -> None:

@@ -72,28 +72,24 @@ class RealExecutor:
 
     # -- netlink (pyroute2 is imported only on the paths that need it: it costs ~130 ms) ------------------
     def add_loopback_v6(self) -> None:
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        with IPRoute() as ipr:
-            lo = ipr.link_lookup(ifname="lo")[0]
-            try:
-                ipr.addr("add", index=lo, address="::6", prefixlen=128)
-            except NetlinkError as err:
-                if err.code != errno.EEXIST:
-                    raise ApplyError(f"adding ::6/128 to lo failed: {err}") from err
+        self._loopback_v6("add", ignore=(errno.EEXIST,))
 
     def remove_loopback_v6(self) -> None:
+        self._loopback_v6("del", ignore=(errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH))
+
+    @staticmethod
+    def _loopback_v6(op: str, ignore: tuple[int, ...]) -> None:
+        """::6/128 on lo: the source the proxy binds for inbound passthrough over IPv6."""
         from pyroute2 import IPRoute
         from pyroute2.netlink.exceptions import NetlinkError
 
         with IPRoute() as ipr:
             lo = ipr.link_lookup(ifname="lo")[0]
             try:
-                ipr.addr("del", index=lo, address="::6", prefixlen=128)
+                ipr.addr(op, index=lo, address="::6", prefixlen=128)
             except NetlinkError as err:
-                if err.code not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
-                    raise ApplyError(f"removing ::6/128 from lo failed: {err}") from err
+                if err.code not in ignore:
+                    raise ApplyError(f"ip -6 addr {op} ::6/128 dev lo failed: {err}") from err
 
     def add_route(self, route: PolicyRoute) -> None:
         from pyroute2 import IPRoute
