@@ -35,6 +35,8 @@ build-sidecar:
 build-controller:
 	$(DOCKER) build $(DOCKER_BUILD_FLAGS) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	  -f Dockerfile.controller -t $(REGISTRY)/amesh-controller:$(TAG) .
+	@# The controller chart's default image: what was just built (see its values.yaml).
+	echo "$(REGISTRY)/amesh-controller:$(TAG)" > controller/charts/amesh-controller/built-image
 
 push-images:
 	$(foreach i,$(IMAGES),$(DOCKER) push $(REGISTRY)/$(i):$(TAG) &&) true

@@ -99,6 +99,21 @@ def test_controller_image_value_is_used():
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "docker.io/me/amesh-controller:v1"
 
 
+def test_controller_image_defaults_to_what_make_built(tmp_path):
+    # The install step `helm install amesh-controller ./controller/charts/amesh-controller` sets no image:
+    # the chart takes the one `make prepare-images` recorded, else the localhost default.
+    import shutil
+
+    chart = tmp_path / "amesh-controller"
+    shutil.copytree(CONTROLLER_CHART, chart)
+    (chart / "built-image").unlink(missing_ok=True)
+    image = lambda: next(d for d in render(chart, {}, "c") if d["kind"] == "Deployment")[  # noqa: E731
+        "spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image() == "localhost:5000/amesh-controller:dev"
+    (chart / "built-image").write_text("docker.io/me/amesh-controller:dev\n")
+    assert image() == "docker.io/me/amesh-controller:dev"
+
+
 def crd() -> dict:
     kustomization = yaml.safe_load((CRD_DIR / "kustomization.yaml").read_text())
     (path,) = kustomization["resources"]

@@ -22,3 +22,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.serviceAccount.name | default "default" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The controller image: image.repository:tag when set, else what `make prepare-images` built. */}}
+{{- define "amesh-controller.image" -}}
+{{- $built := .Files.Get "built-image" | trim -}}
+{{- if .Values.image.repository -}}
+{{- printf "%s:%s" .Values.image.repository (toString .Values.image.tag) -}}
+{{- else if $built -}}
+{{- $built -}}
+{{- else -}}
+{{- printf "localhost:5000/amesh-controller:%s" (toString .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
