@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(iptables iproute2 util-linux procps ca-certificates)
+# iptables (both backends) and iproute2 for the capture program and the netns tests; nginx with the Lua
+# module, nghttp and wrk for the data-path tests of the original-destination Lua module; openssl for TLS tests.
+APT_PACKAGES=(iptables iproute2 util-linux procps ca-certificates openssl
+              nginx-light libnginx-mod-http-lua lua-resty-core libnginx-mod-stream nghttp2-client wrk)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -17,7 +20,12 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # Debian starts services on install; the tests run their own nginx, so keep the stock one from starting.
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.amesh
+    if [ ! -e /usr/sbin/policy-rc.d ]; then cp /usr/sbin/policy-rc.d.amesh /usr/sbin/policy-rc.d; own_policy=1; fi
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ -z "${own_policy:-}" ] || rm -f /usr/sbin/policy-rc.d
+    rm -f /usr/sbin/policy-rc.d.amesh
 fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

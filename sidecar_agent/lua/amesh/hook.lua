@@ -1,0 +1,70 @@
+-- APISIX `lua_module_hook` of the sidecar (conf/config.yaml: apisix.lua_module_hook: "amesh.hook").
+--
+-- Loaded in init_by_lua of both subsystems. The thin APISIX glue around amesh.origdst:
+--   http:   variables original_dst_addr / original_dst_port, which the translated routes match
+--           (`vars: [["original_dst_port", "==", 9080]]`);
+--   stream: the same two, and server_addr / server_port overridden with the original destination,
+--           so unmodified stream_routes (which only match server_addr/server_port) route captured
+--           connections by where the client was going. This relies on APISIX looking registered
+--           variables up before ngx.var: re-test it on every APISIX upgrade.
+-- Outbound HTTP reaches per-port internal listeners through the stream front on 15001 (see
+-- docs/data-path.md); there the original port is the one the listener stands for, read from
+-- plugin_attr.amesh.http_ports ({"<internal port>": {port, direction}}) of conf/config.yaml
+-- (written by sidecar_agent/apisix/datapath.py).
+
+require("apisix") -- before apisix.core, or APISIX refuses to start (jit stack size)
+local core = require("apisix.core")
+local origdst = require("amesh.origdst")
+
+local subsystem = ngx.config.subsystem
+local attr = (core.config.local_conf().plugin_attr or {}).amesh or {}
+
+-- internal HTTP listener port -> {port = original port, direction = "inbound"|"outbound"}
+local internal_ports = {}
+for listen_port, entry in pairs(attr.http_ports or {}) do
+    internal_ports[tostring(listen_port)] = { port = tonumber(entry.port), direction = entry.direction }
+end
+local inbound_port = tostring(attr.inbound_port or 15006)
+
+local function original()
+    local addr, port = origdst.get()
+    if addr then
+        return addr, port
+    end
+    -- not NATed: an internal listener fed by the stream front knows only its port
+    local mapped = internal_ports[ngx.var.server_port]
+    if mapped then
+        return nil, mapped.port
+    end
+    return nil, nil -- fail closed: no route keyed on the original destination matches
+end
+
+-- "inbound" / "outbound": inbound routes require it, so a request never crosses directions
+core.ctx.register_var("amesh_direction", function()
+    local server_port = ngx.var.server_port
+    local mapped = internal_ports[server_port]
+    if mapped then
+        return mapped.direction
+    end
+    return server_port == inbound_port and "inbound" or "outbound"
+end)
+
+core.ctx.register_var("original_dst_addr", function()
+    local addr = original()
+    return addr
+end)
+core.ctx.register_var("original_dst_port", function()
+    local _, port = original()
+    return port
+end)
+
+if subsystem == "stream" then
+    core.ctx.register_var("server_addr", function()
+        local addr = origdst.get()
+        return addr
+    end)
+    core.ctx.register_var("server_port", function()
+        local addr, port = origdst.get()
+        return addr and port or nil -- on failure the second value is the reason, not a port
+    end)
+end

@@ -1,0 +1,207 @@
+r"""istiod's `virtualInbound` listener -> APISIX objects for the inbound capture port 15006 (pure).
+
+Envoy picks a virtualInbound filter chain by the original destination port; so does this:
+
+| virtualInbound chain                                  | APISIX                                                   |
+|-------------------------------------------------------|----------------------------------------------------------|
+| `destination_port: P` + HCM (inline route config)      | stream route (pod address, P) -> internal HTTP listener of inbound P; HTTP routes from the route config, each also requiring `amesh_direction == inbound` and `original_dst_port == P`, priorities above every outbound band |
+| `destination_port: P` + tcp_proxy `inbound|P||`      | stream route (pod address, P) -> the app                 |
+| no port (InboundPassthroughCluster), HTTP or TCP       | stream route (pod address) -> the original port (inbound passthrough) |
+| `destination_port: 15006` (blackhole)                 | nothing: the Lua module reports no original destination for a connection dialled at 15006, so no route matches |
+
+Sending to the app the way Istio does: an `inbound|P||` cluster of type ORIGINAL_DST (Istio 1.10+)
+goes to the pod address and port P from 127.0.0.6 / ::6 (`upstream_bind_config`; apisix/datapath.py
+binds it per internal listener); a STATIC cluster (Istio ≤ 1.9) to its endpoints (127.0.0.1:P). With
+no CDS entry the modern behaviour is assumed. Transport-protocol / ALPN matches (mTLS vs plaintext
+twins of a chain) collapse into one: the chain without TLS is used; mTLS termination is reported.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from sidecar_agent.translate import ids
+from sidecar_agent.translate import upstream as upstream_mod
+from sidecar_agent.translate.errors import TranslationError
+from sidecar_agent.translate.report import Coverage, Unsupported
+from sidecar_agent.translate.route import translate_route_config
+from sidecar_agent.translate.stream import PASSTHROUGH_LABEL
+from sidecar_agent.xds import types
+
+_HCM_URL = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_TCP_URL = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+_CARRIED_HTTP = {"envoy.filters.http.router", types.FAULT_FILTER, types.CORS_FILTER}
+_IGNORED_NETWORK = {"istio.stats", "istio.metadata_exchange"}
+DIRECTION_VAR = "amesh_direction"
+PORT_VAR = "original_dst_port"
+# Above every outbound band (route.py: bands ≤ 4000 × 100000 + routes): inbound always wins first.
+INBOUND_PRIORITY = 1_000_000_000
+INBOUND_SOURCE = {4: "127.0.0.6", 6: "::6"}
+
+
+@dataclass(frozen=True)
+class InboundPart:
+    routes: tuple[dict, ...]
+    stream_routes: tuple[dict, ...]
+    upstreams: tuple[dict, ...]
+    http_ports: tuple[int, ...]  # DataPathSettings.inbound_http_ports
+    report: tuple[Unsupported, ...]
+
+
+def http_ports(listener) -> tuple[int, ...]:
+    return tuple(sorted(port for port, (kind, _) in _port_chains(listener, None).items() if kind == "http"))
+
+
+def translate_inbound(listener, pod_ips: Sequence[str], internal: Mapping[int, int],
+                      clusters: Mapping[str, object] | None = None) -> InboundPart:
+    """`listener`: virtualInbound; `pod_ips`: the pod's addresses (INSTANCE_IPS); `internal`: inbound HTTP
+    port -> internal listener port (apisix.datapath.internal_ports); `clusters`: CDS by name, if held."""
+    if not pod_ips:
+        raise TranslationError("inbound translation needs the pod's IP addresses")
+    clusters = clusters or {}
+    cov = Coverage("listener", listener.name)
+    routes: list[dict] = []
+    stream_routes: list[dict] = []
+    upstreams: dict[str, dict] = {}
+    target = _app_address(pod_ips)
+    for port, (kind, payload) in sorted(_port_chains(listener, cov).items()):
+        if kind == "http":
+            if port not in internal:
+                raise TranslationError(f"virtualInbound: HTTP port {port} has no internal listener "
+                                       f"(regenerate conf/config.yaml with inbound_http_ports)")
+            hop = _upstream(f"amesh-http-inbound|{port}", [("127.0.0.1", internal[port])],
+                            {"amesh.internal": "http-inbound"})
+            upstreams[hop["id"]] = hop
+            stream_routes += _stream_routes(f"inbound|{port}|http", pod_ips, port, hop["id"])
+            routes += _http_routes(payload, port, target, clusters, upstreams, cov)
+        else:
+            app = _app_upstream(payload, port, target, clusters, scheme="tcp")
+            upstreams[app["id"]] = app
+            stream_routes += _stream_routes(f"inbound|{port}|tcp", pod_ips, port, app["id"])
+    # undeclared ports: to the original port on the pod (passthrough plugin sets the node)
+    passthrough = _upstream("amesh-passthrough|inbound", [], dict(PASSTHROUGH_LABEL, **{"amesh.bind": target[1]}))
+    upstreams[passthrough["id"]] = passthrough
+    stream_routes += _stream_routes("inbound|passthrough", pod_ips, None, passthrough["id"])
+    return InboundPart(tuple(sorted(routes, key=lambda r: r["id"])),
+                       tuple(sorted(stream_routes, key=lambda r: r["id"])),
+                       tuple(upstreams[k] for k in sorted(upstreams)), http_ports(listener), cov.entries())
+
+
+def _port_chains(listener, cov: Coverage | None) -> dict[int, tuple[str, object]]:
+    """destination port -> ("http", RouteConfiguration) | ("tcp", cluster); plaintext twin preferred."""
+    found: dict[int, tuple[str, object, bool]] = {}
+    for chain in listener.filter_chains:
+        match = chain.filter_chain_match
+        port = match.destination_port.value if match.HasField("destination_port") else None
+        if port is None or port == listener.address.socket_address.port_value:
+            continue  # passthrough / blackhole chains: handled by the catch-all and the Lua module
+        tls = match.transport_protocol == "tls"
+        entry = _chain_payload(chain, f"{listener.name}:{port}", cov)
+        if entry is None:
+            continue
+        if port not in found or (found[port][2] and not tls):
+            found[port] = (*entry, tls)
+        if tls and cov is not None:
+            cov.add("filter_chains.transport_socket[mTLS termination not translated yet]")
+    return {port: (kind, payload) for port, (kind, payload, _) in found.items()}
+
+
+def _chain_payload(chain, where: str, cov: Coverage | None):
+    for network_filter in chain.filters:
+        url = types.message_name(network_filter.typed_config.type_url)
+        if url == _HCM_URL or network_filter.name == types.HTTP_CONNECTION_MANAGER:
+            from envoy.extensions.filters.network.http_connection_manager.v3 import \
+                http_connection_manager_pb2 as hcm_pb2
+
+            hcm = hcm_pb2.HttpConnectionManager()
+            network_filter.typed_config.Unpack(hcm)
+            if not hcm.HasField("route_config"):
+                if cov is not None:
+                    cov.add("filter_chains.filters.http_connection_manager[rds on inbound]")
+                return None
+            for http_filter in hcm.http_filters:
+                if http_filter.name not in _CARRIED_HTTP and cov is not None:
+                    cov.add(f"filter_chains.filters.http_connection_manager.http_filters[{http_filter.name}]")
+            return "http", hcm.route_config
+        if url == _TCP_URL or network_filter.name == types.TCP_PROXY:
+            from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+            proxy = tcp_proxy_pb2.TcpProxy()
+            network_filter.typed_config.Unpack(proxy)
+            return "tcp", proxy.cluster
+        if network_filter.name not in _IGNORED_NETWORK and cov is not None:
+            cov.add(f"filter_chains.filters[{network_filter.name or url}]")
+    return None
+
+
+def _app_address(pod_ips: Sequence[str]) -> tuple[str, str]:
+    """(address the app is reached at, source to bind): IPv4 first, as Istio's bind config lists it."""
+    v4 = [ip for ip in pod_ips if ":" not in ip]
+    if v4:
+        return v4[0], INBOUND_SOURCE[4]
+    return pod_ips[0], INBOUND_SOURCE[6]
+
+
+def _upstream(name: str, nodes: list[tuple[str, int]], labels: dict, scheme: str = "tcp") -> dict:
+    return {"id": ids.stable_id("u", name), "name": name, "type": "roundrobin", "scheme": scheme,
+            "nodes": [{"host": h, "port": p, "weight": 1} for h, p in nodes], "labels": labels}
+
+
+def _app_upstream(cluster_name: str, port: int, target: tuple[str, str], clusters: Mapping[str, object],
+                  scheme: str) -> dict:
+    cluster = clusters.get(cluster_name)
+    if cluster is not None and cluster.type == 0 and cluster.load_assignment.endpoints:  # STATIC (Istio ≤ 1.9)
+        nodes = [(e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
+                 for group in cluster.load_assignment.endpoints for e in group.lb_endpoints]
+        labels = {"istio.cluster": "static"}
+    else:  # ORIGINAL_DST with upstream_bind_config (Istio 1.10+): the pod address, from 127.0.0.6
+        nodes = [(target[0], port)]
+        labels = {"amesh.bind": target[1]}
+    return _upstream(f"{cluster_name}|{scheme}", nodes, labels, scheme)
+
+
+def _stream_routes(name: str, pod_ips: Sequence[str], port: int | None, upstream_id: str) -> list[dict]:
+    out = []
+    for ip in pod_ips:
+        route = {"id": ids.stable_id("sr", name, ip), "name": f"{name}/{ip}", "server_addr": ip,
+                 "upstream_id": upstream_id}
+        if port is not None:
+            route["server_port"] = port
+        out.append(route)
+    return out
+
+
+def _http_routes(route_config, port: int, target: tuple[str, str], clusters: Mapping[str, object],
+                 upstreams: dict[str, dict], cov: Coverage) -> list[dict]:
+    rc = copy.deepcopy(route_config)
+    rc.name = f"inbound|{port}|{rc.name}"  # ids distinct from outbound ones; no port-name scoping
+    translated = translate_route_config(rc)
+    for entry in translated.report:
+        cov.add(f"route_config.{entry.field}", entry.count)
+    replaced = {}
+    for ref in translated.refs:
+        app = _app_upstream(ref.cluster, port, target, clusters, scheme="http")
+        body = upstream_mod.build(ref, None, None)  # the route's policy: timeouts, retries
+        app.update(timeout=body["timeout"], retries=body["retries"])
+        if "retry_timeout" in body:
+            app["retry_timeout"] = body["retry_timeout"]
+        app["id"] = ids.stable_id("u", f"{ref.cluster}|http", ref.policy.variant())
+        upstreams[app["id"]] = app
+        replaced[ref.id] = app["id"]
+    scope = [[DIRECTION_VAR, "==", "inbound"], [PORT_VAR, "==", port]]
+    out = []
+    for route in translated.routes:
+        route = copy.deepcopy(route)
+        route["vars"] = scope + route.get("vars", [])
+        route["priority"] = INBOUND_PRIORITY + route["priority"]
+        if "upstream_id" in route:
+            route["upstream_id"] = replaced.get(route["upstream_id"], route["upstream_id"])
+        split = (route.get("plugins") or {}).get("traffic-split")
+        for rule in (split or {}).get("rules", []):
+            for entry in rule.get("weighted_upstreams", []):
+                if "upstream_id" in entry:
+                    entry["upstream_id"] = replaced.get(entry["upstream_id"], entry["upstream_id"])
+        out.append(route)
+    return out

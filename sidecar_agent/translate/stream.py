@@ -1,0 +1,177 @@
+"""Outbound listeners -> APISIX stream routes on the capture port 15001 (pure).
+
+The stream front (docs/data-path.md, design (a)) sees every captured outbound connection with the
+original destination as server_addr/server_port (the Lua hook). What Envoy does per listener:
+
+| Envoy outbound listener                          | stream route                                           |
+|--------------------------------------------------|--------------------------------------------------------|
+| `<VIP>_<port>` with tcp_proxy -> cluster          | server_addr VIP, server_port port -> that cluster       |
+| `0.0.0.0_<port>` with tcp_proxy                   | server_port port -> that cluster                        |
+| `0.0.0.0_<port>` / `<VIP>_<port>` with an HCM     | (server_addr,) server_port -> the internal HTTP listener of that port |
+| `virtualOutbound` tcp_proxy PassthroughCluster    | ALLOW_ANY: catch-alls 0.0.0.0/0 and ::/0 -> original destination |
+| `virtualOutbound` tcp_proxy BlackHoleCluster      | REGISTRY_ONLY: no catch-all; APISIX resets the connection |
+
+Passthrough upstreams carry `labels: {amesh.passthrough: original-dst}` and no nodes: APISIX has no
+ORIGINAL_DST upstream; the passthrough plugin that sets the node from the original destination is
+not built yet (docs/data-path.md). TCP clusters reference the upstreams the Translator already builds
+for every CDS cluster (`ids.upstream_id(cluster)`).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+from typing import Mapping
+
+from sidecar_agent.translate import ids
+from sidecar_agent.translate.errors import TranslationError
+from sidecar_agent.translate.report import Coverage, Unsupported
+from sidecar_agent.xds import types
+
+_HCM_URL = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_TCP_URL = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+# Network filters that need nothing on the APISIX side (telemetry / peer metadata).
+_NETWORK_FILTERS_IGNORED = {"istio.stats", "istio.metadata_exchange"}
+PASSTHROUGH, BLACKHOLE = "PassthroughCluster", "BlackHoleCluster"
+PASSTHROUGH_LABEL = {"amesh.passthrough": "original-dst"}
+INBOUND = 1
+
+
+class OutboundPolicy(enum.Enum):
+    """Istio's meshConfig.outboundTrafficPolicy.mode."""
+
+    ALLOW_ANY = "ALLOW_ANY"
+    REGISTRY_ONLY = "REGISTRY_ONLY"
+
+
+@dataclass(frozen=True)
+class StreamPart:
+    stream_routes: tuple[dict, ...]
+    upstreams: tuple[dict, ...]  # only the upstreams this module owns (internal listeners, passthrough)
+    http_ports: tuple[int, ...]  # outbound ports served as HTTP: DataPathSettings.outbound_http_ports
+    policy: OutboundPolicy
+    report: tuple[Unsupported, ...]
+
+
+def http_ports(listeners: Mapping[str, object]) -> tuple[int, ...]:
+    """Outbound ports istiod serves with an HTTP connection manager (feed DataPathSettings first)."""
+    ports = set()
+    for listener in listeners.values():
+        if _outbound(listener) and any(kind == "http" for kind, _ in _chains(listener)):
+            ports.add(listener.address.socket_address.port_value)
+    return tuple(sorted(ports))
+
+
+def translate_outbound_stream(listeners: Mapping[str, object], internal: Mapping[int, int],
+                              policy: OutboundPolicy | None = None) -> StreamPart:
+    """`listeners`: LDS by name; `internal`: outbound HTTP port -> internal listener port (from
+    apisix.datapath.internal_ports); `policy`: the mesh config's, else read from virtualOutbound."""
+    routes: list[dict] = []
+    upstreams: dict[str, dict] = {}
+    entries: list[Unsupported] = []
+    ports = http_ports(listeners)
+    for name in sorted(listeners):
+        listener = listeners[name]
+        if not _outbound(listener) or name == "virtualOutbound":
+            continue
+        cov = Coverage("listener", name)
+        address = listener.address.socket_address
+        addr, port = address.address, address.port_value
+        if not 0 < port < 65536:
+            raise TranslationError(f"listener {name!r}: port {port} is not a port number")
+        match = {"server_port": port}
+        if addr and ipaddress.ip_address(addr) not in (ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::")):
+            match = {"server_addr": addr, "server_port": port}
+        chains = _chains(listener, cov)
+        if len(chains) > 1:
+            cov.add(f"filter_chains[{len(chains)} chains: only the first is routed]")
+        if not chains:
+            entries += cov.entries()
+            continue
+        kind, target = chains[0]
+        route = {"id": ids.stable_id("sr", name, kind, target), "name": f"{name}/{kind}", **match}
+        if kind == "http":
+            if port not in internal:
+                raise TranslationError(f"listener {name!r}: HTTP port {port} has no internal listener "
+                                       f"(regenerate conf/config.yaml with outbound_http_ports {list(ports)})")
+            upstream = _internal_upstream(port, internal[port])
+            upstreams[upstream["id"]] = upstream
+            route["upstream_id"] = upstream["id"]
+        elif target == PASSTHROUGH:
+            route["upstream_id"] = _passthrough(upstreams)["id"]
+        else:
+            route["upstream_id"] = ids.upstream_id(target)
+        routes.append(route)
+        entries += cov.entries()
+    resolved = policy or _policy_of(listeners.get("virtualOutbound"))
+    if resolved is OutboundPolicy.ALLOW_ANY:
+        upstream_id = _passthrough(upstreams)["id"]
+        for cidr in ("0.0.0.0/0", "::/0"):
+            routes.append({"id": ids.stable_id("sr", "virtualOutbound", cidr), "name": f"virtualOutbound/{cidr}",
+                           "server_addr": cidr, "upstream_id": upstream_id})
+    routes.sort(key=lambda r: r["id"])
+    return StreamPart(tuple(routes), tuple(upstreams[k] for k in sorted(upstreams)), ports, resolved,
+                      tuple(sorted(entries)))
+
+
+def _outbound(listener) -> bool:
+    return listener.traffic_direction != INBOUND and listener.name != "virtualInbound" \
+        and listener.HasField("address") and listener.address.HasField("socket_address")
+
+
+def _chains(listener, cov: Coverage | None = None) -> list[tuple[str, str]]:
+    """("http", "") or ("tcp", cluster) per filter chain, in order."""
+    out = []
+    chains = list(listener.filter_chains)
+    if listener.HasField("default_filter_chain"):
+        chains.append(listener.default_filter_chain)
+    for chain in chains:
+        if cov is not None and chain.HasField("filter_chain_match"):
+            for descriptor, _ in chain.filter_chain_match.ListFields():
+                cov.add(f"filter_chains.filter_chain_match.{descriptor.name}")
+        found = None
+        for network_filter in chain.filters:
+            url = types.message_name(network_filter.typed_config.type_url)
+            if url == _HCM_URL or network_filter.name == types.HTTP_CONNECTION_MANAGER:
+                found = ("http", "")
+            elif url == _TCP_URL or network_filter.name == types.TCP_PROXY:
+                found = ("tcp", _tcp_cluster(network_filter, cov))
+            elif cov is not None and network_filter.name not in _NETWORK_FILTERS_IGNORED:
+                cov.add(f"filter_chains.filters[{network_filter.name or url}]")
+        if found:
+            out.append(found)
+    return out
+
+
+def _tcp_cluster(network_filter, cov: Coverage | None) -> str:
+    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+    proxy = tcp_proxy_pb2.TcpProxy()
+    network_filter.typed_config.Unpack(proxy)
+    if proxy.WhichOneof("cluster_specifier") == "weighted_clusters":
+        clusters = proxy.weighted_clusters.clusters
+        if cov is not None:
+            cov.add("filter_chains.filters.tcp_proxy.weighted_clusters[first cluster only]")
+        return clusters[0].name if clusters else BLACKHOLE
+    return proxy.cluster
+
+
+def _policy_of(virtual_outbound) -> OutboundPolicy:
+    """Istio writes the mesh's outbound policy into virtualOutbound's tcp_proxy cluster."""
+    if virtual_outbound is None:
+        return OutboundPolicy.ALLOW_ANY  # Istio's default
+    clusters = {target for kind, target in _chains(virtual_outbound) if kind == "tcp"}
+    return OutboundPolicy.ALLOW_ANY if PASSTHROUGH in clusters else OutboundPolicy.REGISTRY_ONLY
+
+
+def _internal_upstream(port: int, internal_port: int) -> dict:
+    return {"id": ids.stable_id("u", "amesh-http-outbound", str(port)), "name": f"amesh-http-outbound|{port}",
+            "type": "roundrobin", "scheme": "tcp", "nodes": [{"host": "127.0.0.1", "port": internal_port, "weight": 1}],
+            "labels": {"amesh.internal": "http-outbound"}}
+
+
+def _passthrough(upstreams: dict[str, dict]) -> dict:
+    upstream = {"id": ids.stable_id("u", "amesh-passthrough-outbound"), "name": "amesh-passthrough|outbound",
+                "type": "roundrobin", "scheme": "tcp", "nodes": [], "labels": dict(PASSTHROUGH_LABEL)}
+    return upstreams.setdefault(upstream["id"], upstream)

@@ -1,0 +1,68 @@
+"""Data-path tests: the pure ones always run; the network ones need root, `ip netns`, the capture
+program and (for the Lua module) Debian's nginx with lua-nginx-module, and skip saying which is missing."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from netns_tests import capture, pods, processes
+from tests.datapath import testnginx
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
+SCHEMA_DIR = SHARED / "apisix-schema" / "3.18"
+FIXTURES = SHARED / "fixtures" / "istio-xds"
+
+
+@functools.cache
+def netns_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "network-namespace tests need root"
+    if shutil.which("ip") is None or subprocess.run(["ip", "netns", "list"], capture_output=True).returncode:
+        return "`ip netns` unavailable"
+    if not processes.AMESH.exists():
+        return f"{processes.AMESH} missing (pip install -e .)"
+    if shutil.which(pods.Backend.NFT.tool(4, "-restore")) is None:
+        return "iptables-nft not installed"
+    return None
+
+
+@pytest.fixture(scope="module")
+def captured_pod():
+    """A dual-stack pod with Istio's injected REDIRECT capture applied by amesh-iptables (nft)."""
+    reason = netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    network = pods.Network(prefix=pods.unique_prefix(), ipv6=True)
+    try:
+        network.build()
+        capture.apply(network.pod, pods.Backend.NFT, *capture.INJECTED)
+        yield network
+    finally:
+        network.close()
+
+
+@pytest.fixture
+def nginx_required():
+    reason = testnginx.unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def schema_dir() -> Path:
+    if not (SCHEMA_DIR / "core" / "route.json").is_file():
+        pytest.skip(f"APISIX schemas not found in {SCHEMA_DIR}")
+    return SCHEMA_DIR
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.skip(f"xDS fixtures not found in {FIXTURES}")
+    return FIXTURES
