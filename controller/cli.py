@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
-DEFAULT_SCHEMA_DIR = "/usr/share/amesh/apisix-schema/3.18"
+from sidecar_agent.schemas import APISIX_SCHEMA_DIR
+
+DEFAULT_SCHEMA_DIR = str(APISIX_SCHEMA_DIR)  # shipped with the package
 
 
 @click.command()
