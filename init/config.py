@@ -9,8 +9,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -26,8 +25,9 @@ class Backend(enum.Enum):
     NFT = "nft"
 
 
-@dataclass(frozen=True)
-class CaptureConfig:
+class CaptureConfig(NamedTuple):
+    # A NamedTuple, not a dataclass: defining a 33-field frozen dataclass costs more start-up time than
+    # planning all the rules (see benchmarks/init_apply.py).
     proxy_port: int = 15001
     inbound_capture_port: int = 15006
     inbound_tunnel_port: int = 15008

@@ -8,13 +8,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import pwd
-from dataclasses import dataclass
+from typing import NamedTuple
 
 DEFAULT_PROXY_UID = "1337"
 
 
-@dataclass(frozen=True)
-class HostFacts:
+class HostFacts(NamedTuple):
     ipv6: bool = False
     dns_servers_v4: tuple[str, ...] = ()
     dns_servers_v6: tuple[str, ...] = ()

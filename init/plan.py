@@ -8,7 +8,7 @@ family-specific addresses substituted from placeholders.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from init.config import CaptureConfig, IPNetwork, Mode
 
@@ -28,9 +28,11 @@ class Family(enum.IntEnum):
     V6 = 6
 
 
-class Placeholder(enum.Enum):
-    LOOPBACK = "loopback"  # 127.0.0.1/32 | ::1/128
-    PASSTHROUGH_SOURCE = "passthrough-source"  # 127.0.0.6/32 | ::6/128 (inbound passthrough bind)
+class Placeholder:
+    """Family-specific addresses in rule arguments (plain markers: an Enum costs start-up time)."""
+
+    LOOPBACK = "<loopback>"  # 127.0.0.1/32 | ::1/128
+    PASSTHROUGH_SOURCE = "<passthrough-source>"  # 127.0.0.6/32 | ::6/128 (inbound passthrough bind)
 
 
 _ADDRESSES = {
@@ -41,8 +43,9 @@ _ADDRESSES = {
 }
 
 
-@dataclass(frozen=True)
-class Rule:
+# Immutable records are NamedTuples on this path: a dataclass costs ~6x more to define, and the
+# init program's start-up time is part of every pod's start (benchmarks/init_apply.py).
+class Rule(NamedTuple):
     table: str
     chain: str
     args: tuple[str, ...]
@@ -62,8 +65,7 @@ class Rule:
         return " ".join((head, *self.args))
 
 
-@dataclass(frozen=True)
-class PolicyRoute:
+class PolicyRoute(NamedTuple):
     """TPROXY: `ip rule add fwmark MARK lookup TABLE` + `ip route add local default dev lo table TABLE`."""
 
     family: Family
@@ -71,8 +73,7 @@ class PolicyRoute:
     table: int
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     ipv6: bool
     v4: tuple[Rule, ...]
     v6: tuple[Rule, ...]
@@ -94,7 +95,7 @@ class _Builder:
     def add(self, family: Family, table: str, chain: str, *args: object, position: int | None = None) -> None:
         if family is Family.V6 and not self.ipv6:
             return
-        resolved = tuple(_ADDRESSES[(a, family)] if isinstance(a, Placeholder) else str(a) for a in args)
+        resolved = tuple(_ADDRESSES.get((a, family)) or str(a) for a in args)
         self.rules[family].append(Rule(table, chain, resolved, position))
 
     def both(self, table: str, chain: str, *args: object, position: int | None = None) -> None:

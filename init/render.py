@@ -11,7 +11,7 @@ Two renderings of one rule list, so apply and undo cannot drift apart:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from init.plan import BUILTIN_CHAINS, CHAIN_PREFIX, TARGETS, Rule
 
@@ -49,10 +49,13 @@ def restore_text(rules: tuple[Rule, ...]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-@dataclass
-class TableState:
-    chains: list[str] = field(default_factory=list)  # every chain, built-in first as saved
-    rules: list[tuple[str, str]] = field(default_factory=list)  # (chain, "-A chain ..." as saved)
+class TableState(NamedTuple):
+    chains: list[str]  # every chain, built-in first as saved
+    rules: list[tuple[str, str]]  # (chain, "-A chain ..." as saved)
+
+    @classmethod
+    def empty(cls) -> "TableState":
+        return cls([], [])
 
 
 def parse_save(text: str) -> dict[str, TableState]:
@@ -64,7 +67,7 @@ def parse_save(text: str) -> dict[str, TableState]:
         if not line or line.startswith("#"):
             continue
         if line.startswith("*"):
-            current = tables.setdefault(line[1:].strip(), TableState())
+            current = tables.setdefault(line[1:].strip(), TableState.empty())
         elif current is None or line == "COMMIT":
             continue
         elif line.startswith(":"):
@@ -86,8 +89,7 @@ def _rule_target(save_line: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Residue:
+class Residue(NamedTuple):
     """What a previous run left in one table: built-in-chain rules to delete (as `-D` specs) and our chains."""
 
     deletions: tuple[str, ...]

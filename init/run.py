@@ -55,7 +55,7 @@ def _residues(executor: Executor, family: Family, p: Plan) -> dict[str, Residue]
         if table is not None and table.rules and executor.check(family, rule):
             found.setdefault(rule.table, []).append(deletion_spec(rule))
     tables = set(state) | set(found)
-    return {t: residue(state.get(t) or TableState(), tuple(found.get(t, ()))) for t in sorted(tables)}
+    return {t: residue(state.get(t) or TableState.empty(), tuple(found.get(t, ()))) for t in sorted(tables)}
 
 
 def apply(p: Plan, executor: Executor, log: Log = print) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from init.config import Backend
 from init.plan import Family
 
 
-@dataclass(frozen=True)
-class Binaries:
+class Binaries(NamedTuple):
     backend: str  # "legacy" | "nft"
     family: Family
     restore: str
