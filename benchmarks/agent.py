@@ -1,14 +1,17 @@
 """Agent runtime figures: ADS response → document at the sink latency, and agent RSS.
 
-    .venv/bin/python benchmarks/agent.py [--sizes 1000,10000] [--repeat 20]
+    .venv/bin/python benchmarks/agent.py [--sizes 1000,10000] [--repeat 20] [--trace]
 
-- one route change: an RDS-only push on a 1,000-service mesh, from the response leaving the test ADS
-  server to `Sink.push` being called with the new document (median / p90 of --repeat changes);
+- one route change: an RDS push on a 1,000-service mesh in which one virtual host's route changed (what
+  one VirtualService edit does: istiod resends the whole RouteConfiguration "9080"), from the response
+  leaving the test ADS server to `Sink.push` being called with the new document (median / p90 of
+  --repeat changes); also every route changed at once (the whole table swapped);
 - initial push: 1,000 services, from the first response (CDS) leaving the server to the document at the sink;
-- RSS of an agent process (server in another process) after syncing 1,000 and 10,000 services.
+- RSS of an agent process (server in another process) after syncing 1,000 and 10,000 services, with a
+  sink that encodes each document as the admin-API sink does and keeps what it keeps; `--trace` adds
+  tracemalloc's top holders (slow).
 
-Goals (issue #4): ≤ 50 ms for one change, ≤ 300 MB at 10,000 services. Uses the real translation when
-`sidecar_agent.translate` provides one, else the tests' stand-in (printed).
+Goals (issue #4): ≤ 50 ms for one change, ≤ 300 MB at 10,000 services.
 """
 
 from __future__ import annotations
@@ -28,24 +31,13 @@ from envoy.config.core.v3 import base_pb2  # noqa: E402
 
 from sidecar_agent.http.metrics import AgentMetrics  # noqa: E402
 from sidecar_agent.pipeline import Pipeline  # noqa: E402
+from sidecar_agent.sink import admin_api  # noqa: E402
 from sidecar_agent.sink.pusher import Pusher  # noqa: E402
 from sidecar_agent.testing import istiogen  # noqa: E402
+from sidecar_agent.xds import memory  # noqa: E402
 from sidecar_agent.xds.client import AdsClient, Transport  # noqa: E402
 from sidecar_agent.xds.protocol import AdsSession  # noqa: E402
 from sidecar_agent.xds.server import AdsServer  # noqa: E402
-
-try:
-    from sidecar_agent.translate import translate as _translate
-
-    def translate(resources):
-        result = _translate(resources)
-        return result.document, sum(result.report.by_field().values())
-
-    WHICH = "sidecar_agent.translate"
-except ImportError:
-    from tests.agent.standin import translate  # noqa: F401
-
-    WHICH = "tests/agent/standin.py (real translation not available yet)"
 
 
 class ClockSink:
@@ -61,18 +53,60 @@ class ClockSink:
         return True
 
 
+class EncodingSink(ClockSink):
+    """Encodes like AdminApiSink (body, digests, conf versions) and keeps what it keeps (not the body)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = None
+
+    async def push(self, document) -> None:
+        await super().push(document)
+        encoded = admin_api.encode(document, self.last)
+        self.last, big = encoded.sent, len(encoded.body) >= memory.BIG_BYTES
+        del encoded
+        if big:
+            memory.release_free_memory()
+
+
 def xds_of(x: istiogen.Xds) -> dict:
     return {"lds": x.listeners, "rds": x.route_configs, "cds": x.clusters, "eds": x.endpoints}
+
+
+def one_route_changed(route_configs) -> list:
+    """The same RouteConfigurations with one virtual host's route timeout changed."""
+    out = []
+    for rc in route_configs:
+        copy = type(rc)()
+        copy.CopyFrom(rc)
+        if copy.virtual_hosts and copy.virtual_hosts[0].routes:
+            copy.virtual_hosts[0].routes[-1].route.timeout.FromMilliseconds(7000)
+        out.append(copy)
+    return out
 
 
 async def start_agent(port: int, sink):
     metrics = AgentMetrics()
     pusher = Pusher(sink, observer=metrics)
-    pipeline = Pipeline(translate, pusher, metrics)
+    pipeline = Pipeline(pusher, metrics)
     session = AdsSession(base_pb2.Node(id="sidecar~10.244.0.10~bench.default~default.svc.cluster.local"))
     client = AdsClient(Transport(f"127.0.0.1:{port}"), session, pipeline.decide, pipeline.on_accepted)
     tasks = [asyncio.create_task(client.run()), asyncio.create_task(pusher.run())]
     return pusher, tasks
+
+
+async def _changes(server, pusher, sink, versions, start: int) -> list[float]:
+    out = []
+    for i, routes in enumerate(versions, start):
+        server.set_snapshot(str(i), {"rds": routes})
+        await pusher.wait_live(f"cds=0,eds=0,lds=0,rds={i}", timeout=60)
+        sent = next(s for s in reversed(server.sent) if s.version == str(i))
+        out.append(sink.arrivals[-1] - sent.at)
+    return out
+
+
+def _ms(values: list[float], q: float) -> float:
+    return round(sorted(values)[int(q * (len(values) - 1))] * 1000, 1)
 
 
 async def latency(n: int, repeat: int) -> dict:
@@ -85,17 +119,15 @@ async def latency(n: int, repeat: int) -> dict:
         server.set_snapshot("0", xds_of(mesh))
         await pusher.wait_live("cds=0,eds=0,lds=0,rds=0", timeout=300)
         initial = sink.arrivals[-1] - server.sent[0].at
-        changes = []
+        one = one_route_changed(mesh.route_configs)
+        small = await _changes(server, pusher, sink, [one if i % 2 == 0 else mesh.route_configs
+                                                      for i in range(repeat)], 1)
         alt = istiogen.synthetic_mesh(n, subsets=1).route_configs
-        for i in range(1, repeat + 1):
-            routes = alt if i % 2 else mesh.route_configs
-            server.set_snapshot(str(i), {"rds": routes})
-            await pusher.wait_live(f"cds=0,eds=0,lds=0,rds={i}", timeout=60)
-            sent = next(s for s in reversed(server.sent) if s.version == str(i))
-            changes.append(sink.arrivals[-1] - sent.at)
+        every = await _changes(server, pusher, sink, [alt if i % 2 == 0 else mesh.route_configs
+                                                      for i in range(repeat)], repeat + 1)
         return {"services": n, "initial_push_ms": round(initial * 1000, 1),
-                "route_change_ms_median": round(statistics.median(changes) * 1000, 1),
-                "route_change_ms_p90": round(sorted(changes)[int(0.9 * (len(changes) - 1))] * 1000, 1)}
+                "route_change_ms_median": _ms(small, 0.5), "route_change_ms_p90": _ms(small, 0.9),
+                "all_routes_ms_median": _ms(every, 0.5), "all_routes_ms_p90": _ms(every, 0.9)}
     finally:
         for t in tasks:
             t.cancel()
@@ -110,23 +142,41 @@ def rss_mb() -> float:
     return float("nan")
 
 
-async def agent_only(port: int) -> None:
+async def agent_only(port: int, trace: bool) -> None:
     """Child process: sync from the server at `port`, print RSS once the document reached the sink."""
-    sink = ClockSink()
+    if trace:
+        import tracemalloc
+
+        tracemalloc.start(1)
+    before = rss_mb()
+    sink = EncodingSink()
     pusher, tasks = await start_agent(port, sink)
-    await pusher.wait_live("cds=1,eds=1,lds=1,rds=1", timeout=600)
-    print(json.dumps({"rss_mb": round(rss_mb(), 1)}), flush=True)
+    await pusher.wait_live("cds=1,eds=1,lds=1,rds=1", timeout=900)
+    figure = {"rss_mb": round(rss_mb(), 1), "rss_before_mb": round(before, 1)}
+    if trace:
+        import tracemalloc
+
+        snapshot = tracemalloc.take_snapshot()
+        by_file: dict[str, int] = {}
+        for stat in snapshot.statistics("filename"):
+            name = stat.traceback[0].filename
+            key = name.split("/sidecar_agent/")[-1] if "/sidecar_agent/" in name else Path(name).name
+            by_file[key] = by_file.get(key, 0) + stat.size
+        figure["python_heap_mb_by_file"] = {k: round(v / 2**20, 1) for k, v in
+                                            sorted(by_file.items(), key=lambda kv: -kv[1])[:8]}
+    print(json.dumps(figure), flush=True)
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def rss(n: int) -> dict:
+async def rss(n: int, trace: bool) -> dict:
     server = AdsServer()
     port = await server.start()
     server.set_snapshot("1", xds_of(istiogen.synthetic_mesh(n)))
     child = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--agent-only", str(port), stdout=subprocess.PIPE)
+        sys.executable, __file__, "--agent-only", str(port), *(["--trace"] if trace else []),
+        stdout=subprocess.PIPE)
     try:
         out, _ = await asyncio.wait_for(child.communicate(), 900)
     finally:
@@ -141,20 +191,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--trace", action="store_true", help="tracemalloc's top Python holders (slow)")
     parser.add_argument("--agent-only", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.agent_only:
-        asyncio.run(agent_only(args.agent_only))
+        asyncio.run(agent_only(args.agent_only, args.trace))
         return
-    print(f"translation: {WHICH}")
     small = asyncio.run(latency(1000, args.repeat))
     print(f"1,000 services: initial push {small['initial_push_ms']} ms (response sent → document at sink)")
     print(f"1,000 services: one route change median {small['route_change_ms_median']} ms, "
           f"p90 {small['route_change_ms_p90']} ms over {args.repeat} (goal ≤ 50 ms)")
+    print(f"1,000 services: every route changed median {small['all_routes_ms_median']} ms, "
+          f"p90 {small['all_routes_ms_p90']} ms")
     for n in [int(s) for s in args.sizes.split(",") if s]:
-        figure = asyncio.run(rss(n))
+        figure = asyncio.run(rss(n, args.trace))
         goal = " (goal ≤ 300 MB)" if n == 10000 else ""
-        print(f"{n:,} services: agent RSS {figure['rss_mb']} MB after sync{goal}")
+        print(f"{n:,} services: agent RSS {figure['rss_mb']} MB after sync "
+              f"({figure['rss_before_mb']} MB after imports){goal}")
+        if "python_heap_mb_by_file" in figure:
+            print(f"  Python heap by file (MB): {figure['python_heap_mb_by_file']}")
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from sidecar_agent import identity as identity_mod
 from sidecar_agent.apisix import config as apisix_config
 from sidecar_agent.apisix.supervisor import Supervisor, apisix_command
-from sidecar_agent.http import diag, health, metrics as metrics_mod
+from sidecar_agent.http import clusters as clusters_mod, diag, health, metrics as metrics_mod
 from sidecar_agent.http.server import Running, serve
-from sidecar_agent.pipeline import Pipeline, Translate
+from sidecar_agent.pipeline import Pipeline
 from sidecar_agent.sink.admin_api import AdminApiSink
 from sidecar_agent.sink.file import FileSink
 from sidecar_agent.sink.pusher import Pusher
@@ -33,7 +32,7 @@ log = logging.getLogger(__name__)
 class AgentConfig:
     discovery_address: str = "istiod.istio-system.svc:15012"
     plaintext: bool = False
-    root_cert: Path = Path("/var/run/secrets/istio/root-cert.pem")
+    root_cert: Path | None = Path("/var/run/secrets/istio/root-cert.pem")  # None: the system's roots
     token: Path = Path("/var/run/secrets/tokens/istio-token")
     xds_server_name: str | None = None  # defaults to the discovery host (istiod's certificate SAN)
     apisix_mode: apisix_config.Mode = apisix_config.Mode.API
@@ -57,8 +56,8 @@ class AgentConfig:
         host, sep, port = self.discovery_address.rpartition(":")
         if not sep or not host or not port.isdigit():
             out.append(f"--discovery-address must be HOST:PORT, got {self.discovery_address!r}")
-        if not self.plaintext and not self.root_cert.is_file():
-            out.append(f"TLS to istiod needs the mesh CA at {self.root_cert} (or --plaintext)")
+        if not self.plaintext and self.root_cert is not None and not self.root_cert.is_file():
+            out.append(f"TLS to istiod needs the mesh CA at {self.root_cert} (XDS_ROOT_CA, or --plaintext)")
         if self.no_apisix and self.apisix_mode is apisix_config.Mode.API and not self.apisix_admin_key:
             out.append("--no-apisix in api mode needs --apisix-admin-key of the APISIX you run")
         for name in ("status_port", "metrics_port", "admin_port"):
@@ -67,22 +66,13 @@ class AgentConfig:
         return out
 
 
-def default_translate(schema_dir: Path | None = None) -> tuple[Translate, tuple[type[Exception], ...]]:
-    """The real translation (sidecar_agent.translate); with `schema_dir` (APISIX's JSON Schemas) a
-    document they refuse is an error too, so it is NACKed instead of pushed."""
-    from sidecar_agent.translate import TranslationError, translate
+def default_check(schema_dir: Path | None):
+    """With APISIX's JSON Schemas, a document they refuse is NACKed instead of pushed."""
+    if schema_dir is None:
+        return None
+    from sidecar_agent.apisix.validation import SchemaCheck
 
-    def run(resources) -> tuple[Mapping[str, Any], int]:
-        result = translate(resources)
-        if schema_dir is not None:
-            from sidecar_agent.schema import validate_document
-
-            problems = validate_document(result.document, schema_dir)
-            if problems:
-                raise TranslationError("APISIX's schemas refuse the document: " + "; ".join(problems[:5]))
-        return result.document, sum(result.report.by_field().values())
-
-    return run, (TranslationError,)
+    return SchemaCheck(schema_dir)
 
 
 def nofile_limit() -> int:
@@ -95,8 +85,6 @@ def nofile_limit() -> int:
 class Agent:
     config: AgentConfig
     env: Mapping[str, str]
-    translate: Translate | None = None
-    invalid: tuple[type[Exception], ...] = (ValueError,)
     ports: dict[str, int] = field(default_factory=dict, init=False)
     draining: bool = field(default=False, init=False)
 
@@ -104,8 +92,6 @@ class Agent:
         problems = self.config.problems()
         if problems:
             raise ValueError("; ".join(problems))
-        if self.translate is None:
-            self.translate, self.invalid = default_translate(self.config.schema_dir)
         labels = self.config.labels_file.read_text() if self.config.labels_file.is_file() else None
         self.identity = identity_mod.from_env(self.env, labels_text=labels)
         self.node = self.identity.node()
@@ -123,7 +109,8 @@ class Agent:
             None if cfg.no_apisix else apisix_config.prometheus_url(self.apisix_settings)
         )
         self.pusher = Pusher(sink, observer=self.metrics)
-        self.pipeline = Pipeline(self.translate, self.pusher, self.metrics, self.invalid, cfg.partial_timeout)
+        self.pipeline = Pipeline(self.pusher, self.metrics, check=default_check(cfg.schema_dir),
+                                 partial_timeout=cfg.partial_timeout)
         self.session = AdsSession(self.node)
         tls = None
         if not cfg.plaintext:
@@ -156,6 +143,9 @@ class Agent:
         snapshot = lambda: self.pipeline.snapshot or EMPTY  # noqa: E731
         admin = {
             "/config_dump": lambda q: diag.as_json(diag.config_dump(snapshot(), self.node, "include_eds" in q)),
+            "/clusters": lambda q: (
+                (200, "application/json", clusters_mod.clusters_json(snapshot()).encode())
+                if "format=json" in q else (200, "text/plain", clusters_mod.clusters_text(snapshot()).encode())),
             "/apisix/document": lambda q: diag.as_json(
                 self.pusher.live.body if self.pusher.live else None),
             "/status": lambda q: diag.as_json(diag.status(

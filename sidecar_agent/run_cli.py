@@ -1,87 +1,163 @@
 """`amesh-agent run`: what the sidecar container runs in place of pilot-agent + Envoy.
 
-Every flag is also an environment variable (AMESH_*), and the discovery address falls back to
-PROXY_CONFIG's `discoveryAddress` as pilot-agent reads it. Heavy imports happen inside the command.
+Every flag is also an environment variable. Where pilot-agent reads one for the same setting, that is
+the name (`XDS_ROOT_CA`, `ISTIOD_SAN`, `ENVOY_STATUS_PORT`, `TERMINATION_DRAIN_DURATION_SECONDS`); where
+pilot-agent takes it from `PROXY_CONFIG` (discoveryAddress, controlPlaneAuthPolicy, statusPort,
+proxyAdminPort) that is the default; otherwise it is `AMESH_<FLAG>`. Defaults that depend on the
+injector's environment are worked out by `istio_defaults` (pure), as pilot-agent does: the root CA
+from `XDS_ROOT_CA` / `PILOT_CERT_PROVIDER`, the token from `JWT_POLICY` (the injector also exports
+`PROXY_CONFIG.proxyMetadata` entries as variables, so they count too). Heavy imports happen inside
+the command.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
 
+ISTIOD = "istiod.istio-system.svc:15012"
+ISTIO_ROOT_CERT = "/var/run/secrets/istio/root-cert.pem"
+MOUNTED_ROOT_CERT = "/etc/certs/root-cert.pem"  # pilot-agent's "old style" mounted certificate
+K8S_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+THIRD_PARTY_TOKEN = "/var/run/secrets/tokens/istio-token"
+FIRST_PARTY_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+SYSTEM = "SYSTEM"  # XDS_ROOT_CA=SYSTEM: verify istiod with the system's roots
 
-def _discovery_default() -> str:
+
+def proxy_config(env: Mapping[str, str]) -> dict:
+    """PROXY_CONFIG as the injector sets it (JSON); {} when unset. Invalid JSON is named, not ignored."""
+    text = env.get("PROXY_CONFIG", "").strip()
+    if not text:
+        return {}
     try:
-        return json.loads(os.environ.get("PROXY_CONFIG", "{}")).get("discoveryAddress") or \
-            "istiod.istio-system.svc:15012"
-    except ValueError:
-        return "istiod.istio-system.svc:15012"
+        value = json.loads(text)
+    except ValueError as exc:
+        raise click.UsageError(f"PROXY_CONFIG is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise click.UsageError("PROXY_CONFIG must be a JSON object")
+    return value
+
+
+def istio_defaults(env: Mapping[str, str], exists=os.path.exists) -> dict[str, object]:
+    """Flag defaults from the injector's environment, as pilot-agent derives them (pure but for `exists`)."""
+    config = proxy_config(env)
+    root = env.get("XDS_ROOT_CA") or ""
+    if not root:
+        if exists(MOUNTED_ROOT_CERT):
+            root = MOUNTED_ROOT_CERT
+        elif env.get("PILOT_CERT_PROVIDER") == "kubernetes":
+            root = K8S_CA
+        else:
+            root = ISTIO_ROOT_CERT
+    token = FIRST_PARTY_TOKEN if env.get("JWT_POLICY") == "first-party-jwt" else THIRD_PARTY_TOKEN
+    return {
+        "discovery_address": config.get("discoveryAddress") or ISTIOD,
+        "plaintext": str(config.get("controlPlaneAuthPolicy", "")).upper() == "NONE",
+        "xds_root_cert": root,
+        "xds_token": token,
+        "metrics_port": int(config.get("statusPort") or 15020),
+        "admin_port": int(config.get("proxyAdminPort") or 15000),
+    }
+
+
+def _default(name: str):
+    return lambda: istio_defaults(os.environ)[name]
+
+
+_option = functools.partial(click.option, show_envvar=True)  # --help names each flag's variable
 
 
 @click.command("run")
-@click.option("--discovery-address", envvar="AMESH_DISCOVERY_ADDRESS", default=_discovery_default,
-              show_default="PROXY_CONFIG discoveryAddress, else istiod.istio-system.svc:15012",
+@_option("--discovery-address", envvar="AMESH_DISCOVERY_ADDRESS", default=_default("discovery_address"),
+              show_default=f"PROXY_CONFIG discoveryAddress, else {ISTIOD}",
               help="istiod's xDS address, HOST:PORT.")
-@click.option("--plaintext", envvar="AMESH_PLAINTEXT", is_flag=True,
+@_option("--plaintext/--tls", envvar="AMESH_PLAINTEXT", default=_default("plaintext"),
+              show_default="plaintext when PROXY_CONFIG controlPlaneAuthPolicy is NONE",
               help="Plaintext xDS (istiod :15010) instead of TLS with the mesh CA and token (:15012).")
-@click.option("--xds-root-cert", envvar="AMESH_XDS_ROOT_CERT", type=click.Path(path_type=Path),
-              default="/var/run/secrets/istio/root-cert.pem", show_default=True)
-@click.option("--xds-token", envvar="AMESH_XDS_TOKEN", type=click.Path(path_type=Path),
-              default="/var/run/secrets/tokens/istio-token", show_default=True)
-@click.option("--apisix-mode", envvar="AMESH_APISIX_MODE", type=click.Choice(["api", "file"]),
+@_option("--xds-root-cert", envvar="XDS_ROOT_CA", default=_default("xds_root_cert"),
+              show_default=f"{MOUNTED_ROOT_CERT} if present, {K8S_CA} if PILOT_CERT_PROVIDER=kubernetes, "
+                           f"else {ISTIO_ROOT_CERT}",
+              help="CA that verifies istiod; SYSTEM for the system's roots.")
+@_option("--xds-token", envvar="AMESH_XDS_TOKEN", type=click.Path(path_type=Path),
+              default=_default("xds_token"),
+              show_default=f"{FIRST_PARTY_TOKEN} if JWT_POLICY=first-party-jwt, else {THIRD_PARTY_TOKEN}",
+              help="The pod's token, sent to istiod as a bearer token (re-read on every connection).")
+@_option("--xds-server-name", envvar="ISTIOD_SAN", default=None,
+              help="Name istiod's certificate must carry (default: the discovery host).")
+@_option("--apisix-mode", envvar="AMESH_APISIX_MODE", type=click.Choice(["api", "file"]),
               default="api", show_default=True)
-@click.option("--apisix-admin-url", envvar="AMESH_APISIX_ADMIN_URL", default=None)
-@click.option("--apisix-admin-key", envvar="AMESH_APISIX_ADMIN_KEY", default=None,
+@_option("--apisix-admin-url", envvar="AMESH_APISIX_ADMIN_URL", default=None,
+              help="Default: the Admin API of the APISIX this agent starts (127.0.0.1:9180).")
+@_option("--apisix-admin-key", envvar="AMESH_APISIX_ADMIN_KEY", default=None,
               help="Default: a random key per start, written into APISIX's config.yaml.")
-@click.option("--apisix-config-file", envvar="AMESH_APISIX_CONFIG_FILE", type=click.Path(path_type=Path),
+@_option("--apisix-config-file", envvar="AMESH_APISIX_CONFIG_FILE", type=click.Path(path_type=Path),
               default=None, help="File mode: the apisix.yaml to write (default <prefix>/conf/apisix.yaml).")
-@click.option("--apisix-prefix", envvar="AMESH_APISIX_PREFIX", type=click.Path(path_type=Path),
+@_option("--apisix-prefix", envvar="AMESH_APISIX_PREFIX", type=click.Path(path_type=Path),
               default="/usr/local/apisix", show_default=True)
-@click.option("--apisix-metrics-url", envvar="AMESH_APISIX_METRICS_URL", default=None)
-@click.option("--no-apisix", envvar="AMESH_NO_APISIX", is_flag=True,
-              help="Do not start APISIX: push to one already running, or only write the file.")
-@click.option("--status-port", envvar="AMESH_STATUS_PORT", type=int, default=15021, show_default=True)
-@click.option("--metrics-port", envvar="AMESH_METRICS_PORT", type=int, default=15020, show_default=True)
-@click.option("--admin-port", envvar="AMESH_ADMIN_PORT", type=int, default=15000, show_default=True)
-@click.option("--drain-seconds", envvar="TERMINATION_DRAIN_DURATION_SECONDS", type=float, default=5.0,
-              show_default=True)
-@click.option("--apisix-schema-dir", envvar="AMESH_APISIX_SCHEMA_DIR", type=click.Path(path_type=Path),
+@_option("--apisix-metrics-url", envvar="AMESH_APISIX_METRICS_URL", default=None,
+              help="APISIX's Prometheus page to merge into /stats/prometheus.")
+@_option("--apisix-schema-dir", envvar="AMESH_APISIX_SCHEMA_DIR", type=click.Path(path_type=Path),
               default=None, help="APISIX's JSON Schemas: refuse (NACK) documents they do not accept.")
-@click.option("--log-level", envvar="AMESH_LOG_LEVEL", default="info", show_default=True)
+@_option("--no-apisix", envvar="AMESH_NO_APISIX", is_flag=True,
+              help="Do not start APISIX: push to one already running, or only write the file.")
+@_option("--status-port", envvar="ENVOY_STATUS_PORT", type=int, default=15021, show_default=True,
+              help="/healthz/ready (Envoy's status port in Istio).")
+@_option("--metrics-port", envvar="AMESH_METRICS_PORT", type=int, default=_default("metrics_port"),
+              show_default="PROXY_CONFIG statusPort, else 15020", help="/stats/prometheus (pilot-agent's port).")
+@_option("--admin-port", envvar="AMESH_ADMIN_PORT", type=int, default=_default("admin_port"),
+              show_default="PROXY_CONFIG proxyAdminPort, else 15000",
+              help="Loopback diagnostics: /config_dump, /clusters, /apisix/document, /status.")
+@_option("--partial-timeout", envvar="AMESH_PARTIAL_TIMEOUT", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for referenced RDS/EDS before publishing the partial policy.")
+@_option("--drain-seconds", envvar="TERMINATION_DRAIN_DURATION_SECONDS", type=float, default=5.0,
+              show_default=True)
+@_option("--log-level", envvar="AMESH_LOG_LEVEL", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 def run(**options) -> None:
     """Connect to istiod and keep APISIX configured, healthy and observable."""
     import asyncio
     import logging
 
-    from sidecar_agent.apisix.config import Mode
-    from sidecar_agent.app import Agent, AgentConfig, main_env, serve_forever
+    from sidecar_agent.app import Agent, main_env, serve_forever
     from sidecar_agent.identity import IdentityError
 
     logging.basicConfig(level=options.pop("log_level").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = AgentConfig(
+    try:
+        agent = Agent(config_of(options), main_env())
+    except (ValueError, IdentityError) as exc:
+        raise click.UsageError(str(exc)) from None
+    asyncio.run(serve_forever(agent))
+
+
+def config_of(options: Mapping[str, object]):
+    """The AgentConfig for parsed options (pure)."""
+    from sidecar_agent.apisix.config import Mode
+    from sidecar_agent.app import AgentConfig
+
+    root = str(options["xds_root_cert"])
+    return AgentConfig(
         discovery_address=options["discovery_address"],
-        plaintext=options["plaintext"],
-        root_cert=options["xds_root_cert"],
-        token=options["xds_token"],
+        plaintext=bool(options["plaintext"]),
+        root_cert=None if root == SYSTEM else Path(root),
+        token=Path(options["xds_token"]),
+        xds_server_name=options["xds_server_name"],
         apisix_mode=Mode(options["apisix_mode"]),
         apisix_admin_url=options["apisix_admin_url"],
         apisix_admin_key=options["apisix_admin_key"],
         apisix_prefix=options["apisix_prefix"],
         apisix_config_file=options["apisix_config_file"],
         apisix_metrics_url=options["apisix_metrics_url"],
-        no_apisix=options["no_apisix"],
+        no_apisix=bool(options["no_apisix"]),
         status_port=options["status_port"],
         metrics_port=options["metrics_port"],
         admin_port=options["admin_port"],
+        partial_timeout=options["partial_timeout"],
         drain_seconds=options["drain_seconds"],
         schema_dir=options["apisix_schema_dir"],
     )
-    try:
-        agent = Agent(config, main_env())
-    except (ValueError, IdentityError) as exc:
-        raise click.UsageError(str(exc)) from None
-    asyncio.run(serve_forever(agent))

@@ -1,28 +1,92 @@
 """Immutable snapshots of the raw xDS the agent holds: per type, the accepted version and resources by name.
 
-A snapshot is replaced whole (`replace` returns a new one), so readers — the translator, /config_dump —
-never see a half-applied response.
+A resource is held as the bytes istiod sent, compressed, not as a decoded message: a decoded upb
+message takes 5-7x its wire size, and the bytes are all that `/config_dump` (which re-packs them) and
+change detection (a digest of them) need. Resources of one type look alike, so each is zlib-compressed
+against a dictionary taken from the first resource of its type: 10,000 services' 86 MB on the wire are
+held in ~6 MB. The translator gets decoded messages only for what changed.
+
+A snapshot is replaced whole (`replace` returns a new one; unchanged types and resources are shared),
+so readers — the pipeline, /config_dump — never see a half-applied response.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.route.v3 import route_pb2
 from google.protobuf.message import Message
 
 from sidecar_agent.xds import kinds, references
 
-_EMPTY: Mapping[str, Message] = MappingProxyType({})
+_EMPTY: Mapping[str, "Resource"] = MappingProxyType({})
+_DICTIONARY_BYTES = 32 * 1024  # zlib's window: a longer dictionary is not used
+
+
+def digest_of(value: bytes) -> bytes:
+    """What identifies a resource's content (128-bit BLAKE2b of its wire bytes)."""
+    return hashlib.blake2b(value, digest_size=16).digest()
+
+
+@dataclass(frozen=True, eq=False)
+class Codec:
+    """zlib with a preset dictionary (a sample resource of the same type): fast level, big ratio."""
+
+    dictionary: bytes = b""
+
+    def shrink(self, value: bytes) -> bytes:
+        packer = zlib.compressobj(1, zdict=self.dictionary) if self.dictionary else zlib.compressobj(1)
+        return packer.compress(value) + packer.flush()
+
+    def expand(self, packed: bytes) -> bytes:
+        unpacker = zlib.decompressobj(zdict=self.dictionary) if self.dictionary else zlib.decompressobj()
+        return unpacker.decompress(packed) + unpacker.flush()
+
+    @classmethod
+    def sampling(cls, sample: bytes) -> Codec:
+        return cls(sample[-_DICTIONARY_BYTES:])
+
+
+PLAIN = Codec()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Resource:
+    """One resource as received: its name, a digest of its bytes, the bytes compressed, and the RDS
+    names (listener) or EDS names (cluster) it references, worked out once when it was decoded."""
+
+    name: str
+    digest: bytes
+    packed: bytes
+    codec: Codec
+    refs: tuple[str, ...] = ()
+
+    @property
+    def value(self) -> bytes:
+        """The wire bytes, as istiod sent them."""
+        return self.codec.expand(self.packed)
+
+    def message(self, kind: kinds.Kind) -> Message:
+        return kinds.parse(kind, self.value)
 
 
 @dataclass(frozen=True)
 class TypeState:
     version: str = ""
-    items: Mapping[str, Message] = field(default_factory=lambda: _EMPTY)
+    items: Mapping[str, Resource] = field(default_factory=lambda: _EMPTY)
+
+    @functools.cached_property
+    def by_digest(self) -> Mapping[bytes, Resource]:
+        """Resources by digest: an unchanged resource in a new response is recognised without decoding."""
+        return {r.digest: r for r in self.items.values()}
+
+    @functools.cached_property
+    def referenced(self) -> frozenset[str]:
+        return frozenset(ref for r in self.items.values() for ref in r.refs)
 
 
 @dataclass(frozen=True)
@@ -41,27 +105,27 @@ class Snapshot:
     types: Mapping[str, TypeState] = field(default_factory=lambda: MappingProxyType({}))
 
     def state(self, kind: kinds.Kind) -> TypeState:
-        return self.types.get(kind.type_url, TypeState())
+        return self.types.get(kind.type_url) or _NOTHING
 
     def version(self, kind: kinds.Kind) -> str:
         return self.state(kind).version
 
-    def items(self, kind: kinds.Kind) -> Mapping[str, Message]:
+    def items(self, kind: kinds.Kind) -> Mapping[str, Resource]:
         return self.state(kind).items
 
     def has_received(self, kind: kinds.Kind) -> bool:
         return kind.type_url in self.types
 
-    def replace(self, kind: kinds.Kind, version: str, items: Mapping[str, Message]) -> Snapshot:
+    def replace(self, kind: kinds.Kind, version: str, items: Mapping[str, Resource]) -> Snapshot:
         types = dict(self.types)
         types[kind.type_url] = TypeState(version, MappingProxyType(dict(items)))
         return Snapshot(MappingProxyType(types))
 
     def route_names(self) -> frozenset[str]:
-        return references.route_names(self.items(kinds.LDS).values())
+        return self.state(kinds.LDS).referenced
 
     def endpoint_names(self) -> frozenset[str]:
-        return references.endpoint_names(self.items(kinds.CDS).values())
+        return self.state(kinds.CDS).referenced
 
     def missing(self) -> Missing:
         return Missing(
@@ -77,29 +141,33 @@ class Snapshot:
             and not self.missing()
         )
 
-    def filled_in(self) -> Snapshot:
-        """The partial policy, after waiting too long for referenced resources.
-
-        Mirrors what Envoy does when `initial_fetch_timeout` expires: a cluster still waiting for
-        EDS becomes active with no endpoints (503), a listener still waiting for RDS becomes active
-        with an empty route table (404). Nothing ever names an upstream that is not there.
-        """
-        missing = self.missing()
-        snapshot = self
-        if missing.endpoints:
-            eds = dict(self.items(kinds.EDS))
-            for name in missing.endpoints:
-                eds[name] = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
-            snapshot = snapshot.replace(kinds.EDS, self.version(kinds.EDS), eds)
-        if missing.routes:
-            rds = dict(self.items(kinds.RDS))
-            for name in missing.routes:
-                rds[name] = route_pb2.RouteConfiguration(name=name)
-            snapshot = snapshot.replace(kinds.RDS, self.version(kinds.RDS), rds)
-        return snapshot
-
     def versions(self) -> dict[str, str]:
         return {k.short: self.version(k) for k in kinds.ORDER if self.has_received(k)}
 
 
+_NOTHING = TypeState()
 EMPTY = Snapshot()
+
+
+def resource_of(kind: kinds.Kind, value: bytes, message: Message, codec: Codec = PLAIN,
+                digest: bytes | None = None) -> Resource:
+    """The held form of a freshly decoded resource (pure)."""
+    if kind is kinds.LDS:
+        refs = tuple(sorted(references.route_names([message])))
+    elif kind is kinds.CDS:
+        refs = tuple(sorted(references.endpoint_names([message])))
+    else:
+        refs = ()
+    return Resource(kind.name_of(message), digest or digest_of(value), codec.shrink(value), codec, refs)
+
+
+def snapshot_of(resources: Mapping[kinds.Kind, list[Message]], version: str = "1") -> Snapshot:
+    """A snapshot holding `resources` (for tests and tools that start from messages)."""
+    snapshot = EMPTY
+    for kind, messages in resources.items():
+        items = {}
+        for message in messages:
+            resource = resource_of(kind, message.SerializeToString(), message)
+            items[resource.name] = resource
+        snapshot = snapshot.replace(kind, version, items)
+    return snapshot

@@ -31,25 +31,32 @@ def _packed(message) -> any_pb2.Any:
     return packed
 
 
+def _held(kind: kinds.Kind, resource) -> any_pb2.Any:
+    # The bytes istiod sent, re-wrapped: nothing is decoded to build the dump.
+    return any_pb2.Any(type_url=kind.type_url, value=resource.value)
+
+
 def config_dump_message(snapshot: Snapshot, node: base_pb2.Node, include_eds: bool) -> config_dump_pb2.ConfigDump:
     bootstrap = config_dump_pb2.BootstrapConfigDump(bootstrap=bootstrap_pb2.Bootstrap(node=node))
     clusters = config_dump_shared_pb2.ClustersConfigDump(version_info=snapshot.version(kinds.CDS))
     for cluster in snapshot.items(kinds.CDS).values():
-        clusters.dynamic_active_clusters.add(version_info=snapshot.version(kinds.CDS), cluster=_packed(cluster))
+        clusters.dynamic_active_clusters.add(version_info=snapshot.version(kinds.CDS),
+                                             cluster=_held(kinds.CDS, cluster))
     listeners = config_dump_shared_pb2.ListenersConfigDump(version_info=snapshot.version(kinds.LDS))
     for name, listener in snapshot.items(kinds.LDS).items():
         dynamic = listeners.dynamic_listeners.add(name=name)
         dynamic.active_state.version_info = snapshot.version(kinds.LDS)
-        dynamic.active_state.listener.CopyFrom(_packed(listener))
+        dynamic.active_state.listener.CopyFrom(_held(kinds.LDS, listener))
     routes = config_dump_shared_pb2.RoutesConfigDump()
     for route in snapshot.items(kinds.RDS).values():
-        routes.dynamic_route_configs.add(version_info=snapshot.version(kinds.RDS), route_config=_packed(route))
+        routes.dynamic_route_configs.add(version_info=snapshot.version(kinds.RDS),
+                                         route_config=_held(kinds.RDS, route))
     sections = [bootstrap, clusters, listeners, routes]
     if include_eds:
         endpoints = config_dump_shared_pb2.EndpointsConfigDump()
         for cla in snapshot.items(kinds.EDS).values():
             endpoints.dynamic_endpoint_configs.add(version_info=snapshot.version(kinds.EDS),
-                                                   endpoint_config=_packed(cla))
+                                                   endpoint_config=_held(kinds.EDS, cla))
         sections.append(endpoints)
     return config_dump_pb2.ConfigDump(configs=[_packed(s) for s in sections])
 

@@ -18,17 +18,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar_agent.sink.base import PushError
+from sidecar_agent.xds import memory
 
 CONFIGS_PATH = "/apisix/admin/configs"
 _VERSION_SUFFIX = "_conf_version"
 
 
 @dataclass(frozen=True)
-class Encoded:
-    body: bytes
+class Sent:
+    """What a PUT carried, kept after the body is gone: its digest and, per type, the conf version and
+    a digest of the content (to bump only the types that changed without keeping their text)."""
+
     digest: str
     versions: Mapping[str, int]  # type -> conf version sent
-    sections: Mapping[str, str]  # type -> canonical JSON of its content, to detect changes
+    sections: Mapping[str, str]  # type -> sha256 of its canonical JSON
+
+
+@dataclass(frozen=True)
+class Encoded:
+    body: bytes
+    sent: Sent
+
+    # The fields callers read, without reaching into `sent`.
+    @property
+    def digest(self) -> str:
+        return self.sent.digest
+
+    @property
+    def versions(self) -> Mapping[str, int]:
+        return self.sent.versions
 
 
 def _canonical(value: Any) -> str:
@@ -36,28 +54,35 @@ def _canonical(value: Any) -> str:
 
 
 def encode(
-    document: Mapping[str, Any], previous: Encoded | None, floor: Mapping[str, int] | None = None
+    document: Mapping[str, Any], previous: Sent | Encoded | None, floor: Mapping[str, int] | None = None
 ) -> Encoded:
-    """The PUT body for `document`, given what was sent before and the versions APISIX holds (pure)."""
+    """The PUT body for `document`, given what was sent before and the versions APISIX holds (pure).
+
+    Each section is serialized once: its text is both hashed (change detection) and spliced into the
+    body, which is byte-for-byte the canonical JSON of the document plus its conf versions.
+    """
     bad = [k for k in document if k.endswith(_VERSION_SUFFIX)]
     if bad:
         raise ValueError(f"document must not carry conf versions itself: {bad}")
+    if isinstance(previous, Encoded):
+        previous = previous.sent
     prev_versions = dict(previous.versions) if previous else {}
     prev_sections = dict(previous.sections) if previous else {}
     floor = floor or {}
     versions: dict[str, int] = {}
     sections: dict[str, str] = {}
+    pieces: dict[str, str] = {}
     for kind in sorted(set(document) | set(prev_versions)):
-        section = _canonical(document.get(kind))
+        text = _canonical(document.get(kind))
+        section = hashlib.sha256(text.encode()).hexdigest()
         held = max(prev_versions.get(kind, 0), floor.get(kind, 0))
         versions[kind] = held if prev_sections.get(kind) == section and held else held + 1
         sections[kind] = section
-    payload = dict(document)
-    for kind, version in versions.items():
         if kind in document:
-            payload[kind + _VERSION_SUFFIX] = version
-    body = _canonical(payload).encode()
-    return Encoded(body, hashlib.sha256(body).hexdigest(), versions, sections)
+            pieces[kind] = text
+            pieces[kind + _VERSION_SUFFIX] = str(versions[kind])
+    body = ("{" + ",".join(f"{_canonical(k)}:{pieces[k]}" for k in sorted(pieces)) + "}").encode()
+    return Encoded(body, Sent(hashlib.sha256(body).hexdigest(), versions, sections))
 
 
 def held_versions(config: Mapping[str, Any]) -> dict[str, int]:
@@ -74,7 +99,7 @@ class AdminApiSink:
     base_url: str  # e.g. http://127.0.0.1:9180
     api_key: str
     timeout: float = 5.0
-    last: Encoded | None = field(default=None, init=False)
+    last: Sent | None = field(default=None, init=False)  # the body itself is not kept
 
     async def push(self, document: Mapping[str, Any]) -> None:
         floor = None
@@ -88,7 +113,11 @@ class AdminApiSink:
             status, text = await asyncio.to_thread(self._request, "PUT", encoded)
         if status not in (200, 202, 204):
             raise PushError(f"PUT {CONFIGS_PATH} answered {status}: {text[:500]}")
-        self.last = encoded
+        self.last = encoded.sent
+        big = len(encoded.body) >= memory.BIG_BYTES
+        del encoded  # the body is not kept: digests and versions are all a later push needs
+        if big:
+            memory.release_free_memory()
 
     async def holds_last(self) -> bool:
         if self.last is None:

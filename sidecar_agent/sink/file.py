@@ -26,7 +26,8 @@ _SECOND = 1_000_000_000
 
 def render(document: Mapping[str, Any]) -> str:
     """apisix.yaml text for a document (pure): YAML, then the `#END` line APISIX requires."""
-    return yaml.safe_dump(dict(document), sort_keys=False, allow_unicode=True) + "#END\n"
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: ~10x faster on big meshes
+    return yaml.dump(dict(document), Dumper=dumper, sort_keys=False, allow_unicode=True) + "#END\n"
 
 
 def wait_before_write(last_mtime_ns: int | None, now_ns: int) -> float:

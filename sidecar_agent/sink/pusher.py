@@ -3,6 +3,8 @@
 `submit` never blocks the xDS stream: it replaces the one pending document, so a burst of pushes
 from istiod becomes a single write of the newest. One task delivers, retrying with backoff; it
 also re-pushes the live document when the sink says APISIX lost it (APISIX restarted empty).
+A document whose body is the very object already live (istiod resent the same resources under new
+versions, e.g. after a reconnect) is not pushed again: it only becomes the live label.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Pusher:
     ever_complete: bool = field(default=False, init=False)  # a complete document has been live
     pushes: int = field(default=0, init=False)
     _pending: Document | None = field(default=None, init=False)
+    _force: bool = field(default=False, init=False)  # push even if the body is the live one
     _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition, init=False)
 
@@ -64,6 +67,7 @@ class Pusher:
         """APISIX restarted (the supervisor saw it): push the live document again."""
         if self._pending is None and self.live is not None:
             self._pending = self.live
+        self._force = True
         self._wake.set()
 
     async def wait_live(self, label: str, timeout: float) -> Document:
@@ -83,10 +87,17 @@ class Pusher:
             except asyncio.TimeoutError:
                 if self.live is not None and self._pending is None and not await self.sink.holds_last():
                     log.warning("APISIX no longer holds document %s: pushing it again", self.live.label)
-                    self._pending = self.live
+                    self._pending, self._force = self.live, True
             self._wake.clear()
             document, self._pending = self._pending, None
+            force, self._force = self._force, False
             if document is None:
+                continue
+            live = self.live
+            if not force and live is not None and document.body is live.body and document.complete == live.complete:
+                async with self._changed:
+                    self.live = document
+                    self._changed.notify_all()
                 continue
             started = time.perf_counter()
             try:
@@ -95,7 +106,7 @@ class Pusher:
                 log.warning("push of %s failed: %s", document.label, exc)
                 self.observer.failed(document, str(exc))
                 if self._pending is None:
-                    self._pending = document
+                    self._pending, self._force = document, force
                 await asyncio.sleep(self.backoff.delay(attempt, self.rng.random()))
                 attempt += 1
                 self._wake.set()

@@ -19,6 +19,7 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from sidecar_agent.store import Snapshot
+from sidecar_agent.xds import memory
 from sidecar_agent.xds.backoff import Backoff
 from sidecar_agent.xds.protocol import AdsSession, Pending, Rejected
 
@@ -31,7 +32,7 @@ MAX_RECEIVE_BYTES = 256 * 1024 * 1024  # istiod's full CDS/EDS for a big mesh ex
 class TlsSettings:
     """TLS to istiod :15012 as pilot-agent does it: verify with the mesh CA, authenticate with the token."""
 
-    root_cert: Path
+    root_cert: Path | None  # None: the system's roots (XDS_ROOT_CA=SYSTEM)
     token: Path | None
     server_name: str | None = None  # overrides the name checked against istiod's certificate
 
@@ -76,7 +77,8 @@ class _TokenFromFile(grpc.AuthMetadataPlugin):
 def open_channel(transport: Transport) -> grpc.aio.Channel:
     if transport.tls is None:
         return grpc.aio.insecure_channel(transport.address, options=transport.options())
-    creds = grpc.ssl_channel_credentials(root_certificates=transport.tls.root_cert.read_bytes())
+    root = transport.tls.root_cert
+    creds = grpc.ssl_channel_credentials(root_certificates=root.read_bytes() if root is not None else None)
     if transport.tls.token is not None:
         creds = grpc.composite_channel_credentials(
             creds, grpc.metadata_call_credentials(_TokenFromFile(transport.tls.token))
@@ -137,7 +139,12 @@ class AdsClient:
                             raise _StreamEnded("server closed the stream")
                         if not responded:
                             responded, attempt = True, 0
-                        for request in await self._handle(response):
+                        big = memory.is_big(response)
+                        requests = await self._handle(response)
+                        response = None  # not kept alive while waiting for the next one
+                        if big:
+                            memory.release_free_memory()
+                        for request in requests:
                             await call.write(request)
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, _StreamEnded, OSError) as exc:
                 reason = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)

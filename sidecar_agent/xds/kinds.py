@@ -58,8 +58,9 @@ class MalformedResource(ValueError):
     """A resource in a response could not be decoded as the type the response claims."""
 
 
-def decode(kind: Kind, packed: any_pb2.Any) -> Message:
-    """Unpack one Any of a DiscoveryResponse (optionally wrapped in a discovery Resource)."""
+def payload(kind: Kind, packed: any_pb2.Any) -> bytes:
+    """The serialized resource inside one Any of a DiscoveryResponse (optionally wrapped in a discovery
+    Resource), after checking it is of the type the response claims."""
     if packed.type_url == _RESOURCE_WRAPPER:
         wrapper = discovery_pb2.Resource()
         try:
@@ -71,11 +72,20 @@ def decode(kind: Kind, packed: any_pb2.Any) -> Message:
         raise MalformedResource(
             f"{kind.short}: resource of type {packed.type_url!r} in a {kind.type_url} response"
         )
+    return packed.value
+
+
+def parse(kind: Kind, value: bytes) -> Message:
     message = kind.message()
     try:
-        message.ParseFromString(packed.value)
+        message.ParseFromString(value)
     except DecodeError as exc:
         raise MalformedResource(f"{kind.short}: undecodable resource: {exc}") from exc
     if not kind.name_of(message):
         raise MalformedResource(f"{kind.short}: resource without a name")
     return message
+
+
+def decode(kind: Kind, packed: any_pb2.Any) -> Message:
+    """Unpack one Any of a DiscoveryResponse into its message."""
+    return parse(kind, payload(kind, packed))

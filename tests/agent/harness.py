@@ -1,4 +1,4 @@
-"""Wires a real agent runtime (session, client, pipeline, pusher, sink) for the tests."""
+"""Wires a real agent runtime (session, client, pipeline with the real Translator, pusher, sink) for the tests."""
 
 from __future__ import annotations
 
@@ -16,15 +16,6 @@ from sidecar_agent.xds.backoff import Backoff
 from sidecar_agent.xds.client import AdsClient, Transport
 from sidecar_agent.xds.protocol import AdsSession
 
-try:  # the real translation, once it exists
-    from sidecar_agent.translate import translate as _real_translate
-
-    def translate(resources):
-        result = _real_translate(resources)
-        return result.document, len(result.report.entries)
-except ImportError:
-    from tests.agent.standin import translate  # noqa: F401
-
 FAST = Backoff(initial=0.02, maximum=0.2)
 
 
@@ -36,7 +27,7 @@ def xds_of(x: istiogen.Xds) -> dict[str, list]:
 def consistent(document: dict) -> bool:
     """Every route names an upstream the same document holds."""
     ids = {u["id"] for u in document.get("upstreams", [])}
-    return all(r.get("upstream_id", next(iter(ids), None)) in ids for r in document.get("routes", []))
+    return all(r["upstream_id"] in ids for r in document.get("routes", []) if "upstream_id" in r)
 
 
 @dataclass
@@ -49,10 +40,10 @@ class Agent:
 
 
 @contextlib.asynccontextmanager
-async def running_agent(transport: Transport, sink, partial_timeout: float = 30.0):
+async def running_agent(transport: Transport, sink, partial_timeout: float = 30.0, **pipeline_options):
     metrics = AgentMetrics()
     pusher = Pusher(sink, backoff=FAST, recheck_seconds=0.2, observer=metrics)
-    pipeline = Pipeline(translate, pusher, metrics, partial_timeout=partial_timeout)
+    pipeline = Pipeline(pusher, metrics, partial_timeout=partial_timeout, **pipeline_options)
     session = AdsSession(base_pb2.Node(id="sidecar~10.244.0.10~productpage-v1.default~default.svc.cluster.local"))
     client = AdsClient(transport, session, pipeline.decide, pipeline.on_accepted, backoff=FAST, observer=metrics)
     tasks = [asyncio.create_task(client.run()), asyncio.create_task(pusher.run())]

@@ -8,13 +8,16 @@ import urllib.error
 import urllib.request
 
 import pytest
+from envoy.admin.v3 import clusters_pb2
+from envoy.config.core.v3 import health_check_pb2
+from google.protobuf import json_format
 
 from sidecar_agent.apisix.config import Mode
 from sidecar_agent.app import Agent, AgentConfig
 from sidecar_agent.testing import istiogen
 from sidecar_agent.xds.server import AdsServer
 from tests.agent.fake_apisix import FakeApisix
-from tests.agent.harness import translate, xds_of
+from tests.agent.harness import xds_of
 from tests.agent.waiting import eventually
 
 KEY = "app-test-admin-key"
@@ -51,7 +54,7 @@ def test_health_metrics_and_config_dump(tmp_path):
         stop = asyncio.Event()
         try:
             with FakeApisix(KEY) as apisix:
-                agent = Agent(config(port, apisix, tmp_path), ENV, translate=translate)
+                agent = Agent(config(port, apisix, tmp_path), ENV)
                 task = asyncio.create_task(agent.run(stop))
                 await eventually(lambda: agent.ports, what="ports bound")
                 status, body = await aget(agent.ports["status"], "/healthz/ready")
@@ -86,6 +89,24 @@ def test_health_metrics_and_config_dump(tmp_path):
                 assert configs[1]["dynamic_active_clusters"][0]["cluster"]["@type"].endswith("Cluster")
                 _, dump = await aget(agent.ports["admin"], "/config_dump?include_eds")
                 assert len(json.loads(dump)["configs"]) == 5
+                # What `istioctl proxy-config endpoints` reads: Envoy admin's Clusters, from the EDS held.
+                status, page = await aget(agent.ports["admin"], "/clusters?format=json")
+                clusters = json_format.Parse(page, clusters_pb2.Clusters())
+                statuses = {c.name: c for c in clusters.cluster_statuses}
+                assert status == 200 and set(statuses) == {c.name for c in x.clusters}
+                for cla in x.endpoints:
+                    users = [c for c in statuses.values() if c.eds_service_name == cla.cluster_name]
+                    want = sorted((lb.endpoint.address.socket_address.address,
+                                   lb.endpoint.address.socket_address.port_value)
+                                  for group in cla.endpoints for lb in group.lb_endpoints)
+                    for user in users:
+                        assert sorted((h.address.socket_address.address, h.address.socket_address.port_value)
+                                      for h in user.host_statuses) == want
+                        assert all(h.health_status.eds_health_status == health_check_pb2.HEALTHY
+                                   for h in user.host_statuses)
+                assert any(c.host_statuses for c in statuses.values())
+                _, text = await aget(agent.ports["admin"], "/clusters")
+                assert b"::health_flags::healthy" in text
                 _, document = await aget(agent.ports["admin"], "/apisix/document")
                 assert json.loads(document) == apisix.config
                 _, state = await aget(agent.ports["admin"], "/status")
@@ -107,7 +128,7 @@ def test_partial_policy_after_timeout(tmp_path):
         stop = asyncio.Event()
         try:
             with FakeApisix(KEY) as apisix:
-                agent = Agent(config(port, apisix, tmp_path, partial_timeout=0.2), ENV, translate=translate)
+                agent = Agent(config(port, apisix, tmp_path, partial_timeout=0.2), ENV)
                 task = asyncio.create_task(agent.run(stop))
                 x = istiogen.bookinfo("all-v1")
                 server.set_snapshot("1", {"cds": x.clusters, "lds": x.listeners})
@@ -130,14 +151,13 @@ def test_partial_policy_after_timeout(tmp_path):
 def test_bad_configuration_is_refused_before_anything_starts(tmp_path):
     with FakeApisix(KEY) as apisix:
         with pytest.raises(ValueError, match="HOST:PORT"):
-            Agent(config(0, apisix, tmp_path, discovery_address="istiod"), ENV, translate=translate)
+            Agent(config(0, apisix, tmp_path, discovery_address="istiod"), ENV)
         with pytest.raises(ValueError, match="mesh CA"):
-            Agent(config(1, apisix, tmp_path, plaintext=False, root_cert=tmp_path / "none.pem"), ENV,
-                  translate=translate)
+            Agent(config(1, apisix, tmp_path, plaintext=False, root_cert=tmp_path / "none.pem"), ENV)
         with pytest.raises(ValueError, match="admin-key"):
-            Agent(config(1, apisix, tmp_path, apisix_admin_key=None), ENV, translate=translate)
+            Agent(config(1, apisix, tmp_path, apisix_admin_key=None), ENV)
         with pytest.raises(ValueError, match="POD_NAME"):
-            Agent(config(1, apisix, tmp_path), {}, translate=translate)
+            Agent(config(1, apisix, tmp_path), {})
 
 
 def test_file_mode_writes_the_document(tmp_path):
@@ -149,7 +169,7 @@ def test_file_mode_writes_the_document(tmp_path):
         try:
             with FakeApisix(KEY) as apisix:
                 agent = Agent(config(port, apisix, tmp_path, apisix_mode=Mode.FILE, apisix_config_file=target),
-                              ENV, translate=translate)
+                              ENV)
                 task = asyncio.create_task(agent.run(stop))
                 server.set_snapshot("1", xds_of(istiogen.bookinfo("all-v1")))
                 await agent.pusher.wait_live("cds=1,eds=1,lds=1,rds=1", timeout=10)
@@ -165,19 +185,31 @@ def test_file_mode_writes_the_document(tmp_path):
 SCHEMAS = __import__("pathlib").Path(__file__).resolve().parents[2] / ".." / "shared" / "apisix-schema" / "3.18"
 
 
-def test_default_translation_validates_against_apisix_schemas():
+def test_schema_check_validates_only_what_changed_and_refuses_bad_objects():
     if not SCHEMAS.is_dir():
         pytest.skip("../shared/apisix-schema/3.18 not present")
-    from sidecar_agent.app import default_translate
-    from sidecar_agent.pipeline import resources_of
-    from sidecar_agent.store import EMPTY
+    from sidecar_agent.app import default_check
+    from sidecar_agent.pipeline import changes
+    from sidecar_agent.store import EMPTY, snapshot_of
+    from sidecar_agent.translate import Translator
     from sidecar_agent.xds import kinds
 
-    run, invalid = default_translate(SCHEMAS)
+    check = default_check(SCHEMAS)
     x = istiogen.bookinfo("all-v1")
-    snapshot = EMPTY
-    for kind, items in ((kinds.LDS, x.listeners), (kinds.RDS, x.route_configs), (kinds.CDS, x.clusters),
-                        (kinds.EDS, x.endpoints)):
-        snapshot = snapshot.replace(kind, "1", {kind.name_of(i): i for i in items})
-    document, _ = run(resources_of(snapshot))
+    translator = Translator()
+    held = snapshot_of({kinds.CDS: x.clusters, kinds.EDS: x.endpoints, kinds.LDS: x.listeners,
+                        kinds.RDS: x.route_configs})
+    for change in changes(EMPTY, held):
+        getattr(translator, {"cds": "set_cluster", "eds": "set_endpoints", "lds": "set_listener",
+                             "rds": "set_route_config"}[change.kind.short])(change.after.message(change.kind))
+    document = translator.document()
     assert document["routes"] and document["upstreams"]
+    assert check(document) == []
+    calls = []
+    original = check._schemas.check
+    check._schemas.check = lambda kind, obj: calls.append(obj["id"]) or original(kind, obj)
+    assert check(translator.document()) == [] and calls == []  # nothing new: nothing re-validated
+    broken = dict(document["upstreams"][0], retries=-1)  # the schema says minimum 0
+    bad = {"routes": document["routes"], "upstreams": [broken] + document["upstreams"][1:]}
+    problems = check(bad)
+    assert calls == [broken["id"]] and problems and broken["id"] in problems[0]

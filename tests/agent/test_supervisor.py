@@ -14,13 +14,13 @@ from tests.agent.waiting import eventually
 CHILD = r"""
 import signal, sys, time
 log = open(sys.argv[1], "a", buffering=1)
-log.write("start\n")
 def quit_(s, f):
     log.write("quit\n"); time.sleep(0.1); sys.exit(0)
 signal.signal(signal.SIGQUIT, quit_)
 signal.signal(signal.SIGHUP, lambda s, f: log.write("hup\n"))
 if len(sys.argv) > 2 and sys.argv[2] == "ignore-quit":
     signal.signal(signal.SIGQUIT, lambda s, f: log.write("quit-ignored\n"))
+log.write("start\n")  # only once the handlers are in place: a signal sent on "start" is caught
 while True:
     time.sleep(0.05)
 """

@@ -1,0 +1,106 @@
+"""`amesh-agent run`'s flags: each one an environment variable, Istio's name where pilot-agent has one,
+defaults derived from the injector's environment as pilot-agent derives them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from sidecar_agent import run_cli
+from sidecar_agent.run_cli import istio_defaults, run
+
+POD = {"POD_NAME": "reviews-v1-abc", "POD_NAMESPACE": "default", "INSTANCE_IP": "10.244.0.7"}
+
+
+def params(monkeypatch, env: dict[str, str], args: tuple[str, ...] = ()) -> dict:
+    """What click resolves from `args` and `env`, without running the agent."""
+    for key in [k for k in __import__("os").environ if k.startswith(("AMESH_", "XDS_", "ISTIO", "ENVOY_",
+                                                                      "PROXY_CONFIG", "JWT_POLICY",
+                                                                      "PILOT_CERT_PROVIDER",
+                                                                      "TERMINATION_DRAIN"))]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return run.make_context("run", list(args)).params
+
+
+def test_root_cert_and_token_follow_pilot_agent():
+    never = lambda path: False  # noqa: E731
+    assert istio_defaults({}, never)["xds_root_cert"] == "/var/run/secrets/istio/root-cert.pem"
+    assert istio_defaults({"PILOT_CERT_PROVIDER": "kubernetes"}, never)["xds_root_cert"] == \
+        "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    assert istio_defaults({}, lambda p: p == "/etc/certs/root-cert.pem")["xds_root_cert"] == \
+        "/etc/certs/root-cert.pem"
+    assert istio_defaults({"XDS_ROOT_CA": "/x/ca.pem", "PILOT_CERT_PROVIDER": "kubernetes"}, never)[
+        "xds_root_cert"] == "/x/ca.pem"
+    assert istio_defaults({}, never)["xds_token"] == "/var/run/secrets/tokens/istio-token"
+    assert istio_defaults({"JWT_POLICY": "first-party-jwt"}, never)["xds_token"] == \
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def test_proxy_config_supplies_address_auth_policy_and_ports():
+    env = {"PROXY_CONFIG": '{"discoveryAddress": "istiod-canary.istio-system.svc:15010", '
+                           '"controlPlaneAuthPolicy": "NONE", "statusPort": 15120, "proxyAdminPort": 15100}'}
+    got = istio_defaults(env, lambda p: False)
+    assert (got["discovery_address"], got["plaintext"], got["metrics_port"], got["admin_port"]) == \
+        ("istiod-canary.istio-system.svc:15010", True, 15120, 15100)
+    plain = istio_defaults({}, lambda p: False)
+    assert (plain["discovery_address"], plain["plaintext"], plain["metrics_port"], plain["admin_port"]) == \
+        ("istiod.istio-system.svc:15012", False, 15020, 15000)
+    with pytest.raises(click.UsageError, match="PROXY_CONFIG is not valid JSON"):
+        istio_defaults({"PROXY_CONFIG": "{discoveryAddress"})
+
+
+def test_every_flag_reads_its_environment_variable(monkeypatch, tmp_path):
+    env = {
+        "AMESH_DISCOVERY_ADDRESS": "10.0.0.1:15010", "AMESH_PLAINTEXT": "true",
+        "XDS_ROOT_CA": str(tmp_path / "ca.pem"), "AMESH_XDS_TOKEN": str(tmp_path / "token"),
+        "ISTIOD_SAN": "istiod.istio-system.svc", "AMESH_APISIX_MODE": "file",
+        "AMESH_APISIX_ADMIN_URL": "http://127.0.0.1:19180", "AMESH_APISIX_ADMIN_KEY": "k",
+        "AMESH_APISIX_CONFIG_FILE": str(tmp_path / "apisix.yaml"), "AMESH_APISIX_PREFIX": str(tmp_path),
+        "AMESH_APISIX_METRICS_URL": "http://127.0.0.1:15091/m", "AMESH_APISIX_SCHEMA_DIR": str(tmp_path),
+        "AMESH_NO_APISIX": "1", "ENVOY_STATUS_PORT": "25021", "AMESH_METRICS_PORT": "25020",
+        "AMESH_ADMIN_PORT": "25000", "AMESH_PARTIAL_TIMEOUT": "3", "TERMINATION_DRAIN_DURATION_SECONDS": "7",
+        "AMESH_LOG_LEVEL": "debug",
+    }
+    got = params(monkeypatch, env)
+    assert got == {
+        "discovery_address": "10.0.0.1:15010", "plaintext": True, "xds_root_cert": str(tmp_path / "ca.pem"),
+        "xds_token": tmp_path / "token", "xds_server_name": "istiod.istio-system.svc", "apisix_mode": "file",
+        "apisix_admin_url": "http://127.0.0.1:19180", "apisix_admin_key": "k",
+        "apisix_config_file": tmp_path / "apisix.yaml", "apisix_prefix": tmp_path,
+        "apisix_metrics_url": "http://127.0.0.1:15091/m", "apisix_schema_dir": tmp_path, "no_apisix": True,
+        "status_port": 25021, "metrics_port": 25020, "admin_port": 25000, "partial_timeout": 3.0,
+        "drain_seconds": 7.0, "log_level": "debug",
+    }
+    # A flag on the command line wins over its variable.
+    assert params(monkeypatch, env, ("--status-port", "15021", "--tls"))["status_port"] == 15021
+    assert params(monkeypatch, env, ("--tls",))["plaintext"] is False
+    # Every option has a variable: none is flag-only.
+    assert all(p.envvar for p in run.params if isinstance(p, click.Option)), \
+        [p.name for p in run.params if isinstance(p, click.Option) and not p.envvar]
+
+
+def test_config_of_maps_system_roots_and_defaults(monkeypatch):
+    got = params(monkeypatch, {"XDS_ROOT_CA": "SYSTEM"})
+    config = run_cli.config_of(dict(got, log_level=None))
+    assert config.root_cert is None and config.problems() == []  # the system's roots need no file
+    assert config.discovery_address == "istiod.istio-system.svc:15012" and not config.plaintext
+    assert (config.status_port, config.metrics_port, config.admin_port) == (15021, 15020, 15000)
+
+
+def test_bad_input_is_named_before_anything_starts(monkeypatch, tmp_path):
+    for key, value in POD.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("XDS_ROOT_CA", str(tmp_path / "missing.pem"))
+    result = CliRunner().invoke(run, ["--no-apisix", "--apisix-admin-key", "k"])
+    assert result.exit_code == 2 and "missing.pem" in result.output and "XDS_ROOT_CA" in result.output
+    result = CliRunner().invoke(run, ["--discovery-address", "istiod", "--plaintext", "--no-apisix",
+                                      "--apisix-admin-key", "k"])
+    assert result.exit_code == 2 and "HOST:PORT" in result.output
+    result = CliRunner().invoke(run, ["--status-port", "http"])
+    assert result.exit_code == 2 and "status-port" in result.output
+    assert not Path(tmp_path / "conf").exists()  # nothing was written
