@@ -10,7 +10,10 @@ API (others rely on these names):
   `set_route_config`, `set_listener` (and `remove_*`, `replace_*` for state-of-the-world pushes) update
   one resource's cached translation and return the APISIX ids they touched; `document()` and
   `report()` reassemble. An EDS update recomputes only the upstreams of the clusters reading it; an
-  RDS update only that route configuration's routes. Treat returned documents as read-only.
+  RDS update only that route configuration's changed virtual hosts. `document()` patches the
+  assembled document after small changes (sub-millisecond at 10,000 services); documents share
+  objects with each other and with the caches, so treat them as read-only. `with t.bulk():` around
+  many `set_*` calls (a first snapshot) pauses the cyclic GC as `load`/`replace_*` do.
 - `TranslationError`: invalid input (the agent NACKs it). Unsupported input is not an error: it is
   translated as far as APISIX allows and reported.
 

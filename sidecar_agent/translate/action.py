@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from sidecar_agent.translate.errors import TranslationError
 from sidecar_agent.translate.match import escape, header_match, string_match
@@ -36,6 +37,15 @@ ROUTE_ACTION_HANDLED = frozenset({
     "cluster", "weighted_clusters", "timeout", "idle_timeout", "max_stream_duration", "retry_policy",
     "hash_policy", "request_mirror_policies", "prefix_rewrite", "regex_rewrite", "host_rewrite_literal",
     "upgrade_configs", "cors"})
+# Module constants: the coverage plan cache is keyed by these sets (see report.Coverage.plan).
+_WEIGHT_HANDLED = frozenset({"name", "weight"})
+_MSD_HANDLED = frozenset({"max_stream_duration", "grpc_timeout_header_max"})
+_RETRY_HANDLED = frozenset({"retry_on", "num_retries", "per_try_timeout", "retry_host_predicate",
+                            "host_selection_retry_max_attempts"})
+_MIRROR_HANDLED = frozenset({"cluster", "runtime_fraction", "trace_sampled", "disable_shadow_host_suffix_append"})
+_FAULT_HANDLED = frozenset({"abort", "delay", "headers"})
+_CORS_HANDLED = frozenset({"allow_origin_string_match", "allow_methods", "allow_headers", "expose_headers",
+                           "max_age", "allow_credentials", "filter_enabled"})
 
 
 @dataclass
@@ -73,13 +83,17 @@ def whole_percentage(percent, cov: Coverage, path: str) -> int:
     return value
 
 
-def translate_action(route, scope: Scope, cov: Coverage, path: str, uri_prefix: str | None) -> Action:
+def translate_action(route, scope: Scope, cov: Coverage, path: str, uri_prefix: str | None,
+                     prefix_ignores_case: bool = False) -> Action:
+    """`uri_prefix`: the literal path the route matched (prefix rewrites replace it), compared
+    case-insensitively when the match is (`case_sensitive: false`), as Envoy's rewrite does."""
     kind = route.WhichOneof("action")
     action = Action()
+    prefix_re = None if uri_prefix is None else ("(?i)" if prefix_ignores_case else "") + f"^{escape(uri_prefix)}"
     if kind == "route":
-        _forward(route.route, scope, action, cov, f"{path}.route", uri_prefix)
+        _forward(route.route, scope, action, cov, f"{path}.route", prefix_re)
     elif kind == "redirect":
-        action.plugins["redirect"] = _redirect(route.redirect, cov, f"{path}.redirect", uri_prefix)
+        action.plugins["redirect"] = _redirect(route.redirect, cov, f"{path}.redirect", prefix_re)
     elif kind == "direct_response":
         dr = route.direct_response
         abort = {"http_status": dr.status, "body": _data_source(dr.body, cov, f"{path}.direct_response.body")}
@@ -95,7 +109,7 @@ def translate_action(route, scope: Scope, cov: Coverage, path: str, uri_prefix: 
 # --- forwarding ------------------------------------------------------------------------------------
 
 
-def _forward(ra, scope: Scope, action: Action, cov: Coverage, path: str, uri_prefix: str | None) -> None:
+def _forward(ra, scope: Scope, action: Action, cov: Coverage, path: str, prefix_re: str | None) -> None:
     cov.unhandled(ra, ROUTE_ACTION_HANDLED, path)
     policy = _policy(ra, scope, cov, path)
     spec = ra.WhichOneof("cluster_specifier")
@@ -105,7 +119,7 @@ def _forward(ra, scope: Scope, action: Action, cov: Coverage, path: str, uri_pre
         wc = ra.weighted_clusters
         entries = []
         for cw in wc.clusters:
-            cov.unhandled(cw, {"name", "weight"}, f"{path}.weighted_clusters.clusters")
+            cov.unhandled(cw, _WEIGHT_HANDLED, f"{path}.weighted_clusters.clusters")
             if not cw.name:
                 continue  # cluster_header inside a weight: reported above
             weight = cw.weight.value if cw.HasField("weight") else 0
@@ -123,7 +137,7 @@ def _forward(ra, scope: Scope, action: Action, cov: Coverage, path: str, uri_pre
         action.plugins["fault-injection"] = {"abort": {"http_status": 503, "body": "unsupported cluster specifier\n"}}
     action.websocket = any(u.upgrade_type.lower() == "websocket" and (not u.HasField("enabled") or u.enabled.value)
                            for u in ra.upgrade_configs)
-    rewrite = _rewrite(ra, cov, path, uri_prefix)
+    rewrite = _rewrite(ra, cov, path, prefix_re)
     if rewrite:
         action.plugins.setdefault("proxy-rewrite", {}).update(rewrite)
     mirror = _mirror(ra.request_mirror_policies, cov, f"{path}.request_mirror_policies")
@@ -141,7 +155,7 @@ def _policy(ra, scope: Scope, cov: Coverage, path: str) -> UpstreamPolicy:
         candidates.append(duration(ra.idle_timeout))
     if ra.HasField("max_stream_duration"):
         msd = ra.max_stream_duration
-        cov.unhandled(msd, {"max_stream_duration", "grpc_timeout_header_max"}, f"{path}.max_stream_duration")
+        cov.unhandled(msd, _MSD_HANDLED, f"{path}.max_stream_duration")
         if msd.HasField("max_stream_duration"):
             candidates.append(duration(msd.max_stream_duration))
         if duration(msd.grpc_timeout_header_max) > 0:
@@ -163,19 +177,24 @@ def _policy(ra, scope: Scope, cov: Coverage, path: str) -> UpstreamPolicy:
 
 
 def _retries(retry, cov: Coverage, path: str) -> int:
-    cov.unhandled(retry, {"retry_on", "num_retries", "per_try_timeout", "retry_host_predicate",
-                          "host_selection_retry_max_attempts"}, path)
-    tokens = [t.strip() for t in retry.retry_on.split(",") if t.strip()]
-    for token in tokens:
-        if token not in _RETRY_ON_SUPPORTED:
-            cov.add(f"{path}.retry_on[{token}]")
+    cov.unhandled(retry, _RETRY_HANDLED, path)
+    supported, unsupported = _retry_on(retry.retry_on)
+    for token in unsupported:
+        cov.add(f"{path}.retry_on[{token}]")
     for predicate in retry.retry_host_predicate:
         # APISIX never retries a node it already tried: the same as previous_hosts.
         if predicate.name != "envoy.retry_host_predicates.previous_hosts":
             cov.add(f"{path}.retry_host_predicate[{predicate.name}]")
-    if not any(t in _RETRY_ON_SUPPORTED for t in tokens):
+    if not supported:
         return 0
     return retry.num_retries.value if retry.HasField("num_retries") else 1
+
+
+@lru_cache(maxsize=1024)
+def _retry_on(retry_on: str) -> tuple[bool, tuple[str, ...]]:
+    """(any token APISIX retries on, the tokens it cannot) — istiod repeats one string on every route."""
+    tokens = [t.strip() for t in retry_on.split(",") if t.strip()]
+    return any(t in _RETRY_ON_SUPPORTED for t in tokens), tuple(t for t in tokens if t not in _RETRY_ON_SUPPORTED)
 
 
 def _hash(policies, cov: Coverage, path: str) -> tuple[str | None, str | None]:
@@ -204,13 +223,13 @@ def _hash(policies, cov: Coverage, path: str) -> tuple[str | None, str | None]:
     return chosen
 
 
-def _rewrite(ra, cov: Coverage, path: str, uri_prefix: str | None) -> dict:
+def _rewrite(ra, cov: Coverage, path: str, prefix_re: str | None) -> dict:
     out: dict = {}
     if ra.prefix_rewrite:
-        if uri_prefix is None:
+        if prefix_re is None:
             cov.add(f"{path}.prefix_rewrite[without a prefix or path match]")
         else:
-            out["regex_uri"] = [f"^{escape(uri_prefix)}(.*)", _template(ra.prefix_rewrite) + "$1"]
+            out["regex_uri"] = [f"{prefix_re}(.*)", _template(ra.prefix_rewrite) + "$1"]
     elif ra.HasField("regex_rewrite"):
         pattern = ra.regex_rewrite.pattern.regex
         substitution = re.sub(r"\\(\d)", r"$\1", ra.regex_rewrite.substitution)
@@ -234,7 +253,7 @@ def _mirror(policies, cov: Coverage, path: str) -> dict | None:
     first = policies[0]
     if len(policies) > 1:
         cov.add(f"{path}[only one mirror in APISIX]", len(policies) - 1)
-    cov.unhandled(first, {"cluster", "runtime_fraction", "trace_sampled", "disable_shadow_host_suffix_append"}, path)
+    cov.unhandled(first, _MIRROR_HANDLED, path)
     ratio = fraction(first.runtime_fraction.default_value) if first.HasField("runtime_fraction") else 1.0
     if ratio <= 0:
         return None  # Envoy mirrors nothing either
@@ -255,7 +274,7 @@ def _mirror(policies, cov: Coverage, path: str) -> dict | None:
     return conf
 
 
-def _redirect(rd, cov: Coverage, path: str, uri_prefix: str | None) -> dict:
+def _redirect(rd, cov: Coverage, path: str, prefix_re: str | None) -> dict:
     scheme = rd.scheme_redirect or ("https" if rd.https_redirect else "$scheme")
     authority = rd.host_redirect or "$host"
     if rd.port_redirect:
@@ -264,8 +283,8 @@ def _redirect(rd, cov: Coverage, path: str, uri_prefix: str | None) -> dict:
         authority = "$http_host"
     conf: dict = {"ret_code": _REDIRECT_CODES.get(rd.response_code, 301)}
     kind = rd.WhichOneof("path_rewrite_specifier")
-    if kind == "prefix_rewrite" and uri_prefix is not None:
-        conf["regex_uri"] = [f"^{escape(uri_prefix)}(.*)", f"{scheme}://{authority}{rd.prefix_rewrite}$1"]
+    if kind == "prefix_rewrite" and prefix_re is not None:
+        conf["regex_uri"] = [f"{prefix_re}(.*)", f"{scheme}://{authority}{rd.prefix_rewrite}$1"]
     elif kind == "regex_rewrite":
         sub = re.sub(r"\\(\d)", r"$\1", rd.regex_rewrite.substitution)
         conf["regex_uri"] = [rd.regex_rewrite.pattern.regex, f"{scheme}://{authority}{sub}"]
@@ -325,14 +344,16 @@ def _unpack(any_msg, cov: Coverage, path: str):
 
 
 def _fault(route, scope: Scope, action: Action, cov: Coverage, path: str) -> None:
+    holders = [(route, path), (scope.vhost, "virtual_hosts"), (scope.route_config, "")]
+    if not any(types.FAULT_FILTER in holder.typed_per_filter_config for holder, _ in holders):
+        return
     from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401  (registers the type)
 
-    holders = [(route, path), (scope.vhost, "virtual_hosts"), (scope.route_config, "")]
     fault = _typed_config(holders, types.FAULT_FILTER, cov, path)
     if fault is None or fault.DESCRIPTOR.full_name != "envoy.extensions.filters.http.fault.v3.HTTPFault":
         return
     fpath = f"{path}.typed_per_filter_config[fault]"
-    cov.unhandled(fault, {"abort", "delay", "headers"}, fpath)
+    cov.unhandled(fault, _FAULT_HANDLED, fpath)
     conditions: list[tuple] = []
     for header in fault.headers:
         more = header_match(header, cov, f"{fpath}.headers")
@@ -374,8 +395,7 @@ def _cors_of(ra, scope: Scope, cov: Coverage, path: str) -> dict | None:
 
 
 def cors(policy, cov: Coverage, path: str) -> dict | None:
-    cov.unhandled(policy, {"allow_origin_string_match", "allow_methods", "allow_headers", "expose_headers",
-                           "max_age", "allow_credentials", "filter_enabled"}, path)
+    cov.unhandled(policy, _CORS_HANDLED, path)
     if policy.HasField("filter_enabled") and fraction(policy.filter_enabled.default_value) < 1:
         cov.add(f"{path}.filter_enabled[below 100%]")
     exact, regexes = [], []
@@ -423,9 +443,11 @@ def cors(policy, cov: Coverage, path: str) -> dict | None:
 
 def route_cors(route, scope: Scope, cov: Coverage, path: str) -> dict | None:
     """CORS from typed_per_filter_config["envoy.filters.http.cors"] (Istio >= 1.x puts it there)."""
-    from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
-
     holders = [(route, path), (scope.vhost, "virtual_hosts"), (scope.route_config, "")]
+    if not any(types.CORS_FILTER in holder.typed_per_filter_config for holder, _ in holders):
+        return None
+    from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401  (registers the type)
+
     policy = _typed_config(holders, types.CORS_FILTER, cov, path)
     if policy is None:
         return None
@@ -437,6 +459,9 @@ def route_cors(route, scope: Scope, cov: Coverage, path: str) -> dict | None:
 
 def _headers(route, scope: Scope, action: Action, cov: Coverage, path: str) -> None:
     levels = [(route, path), (scope.vhost, "virtual_hosts"), (scope.route_config, "")]
+    if not any(m.request_headers_to_add or m.request_headers_to_remove or m.response_headers_to_add
+               or m.response_headers_to_remove for m, _ in levels):
+        return  # most routes: nothing to mutate
     request = _mutations([(m.request_headers_to_add, m.request_headers_to_remove, p) for m, p in levels], cov,
                          "request")
     if request:

@@ -39,6 +39,14 @@ _HANDLED = frozenset({
     "typed_extension_protocol_options", "http2_protocol_options", "common_http_protocol_options",
     "max_requests_per_connection", "ring_hash_lb_config", "maglev_lb_config", "least_request_lb_config",
     "round_robin_lb_config", "dns_lookup_family", "respect_dns_ttl", "dns_refresh_rate"})
+# Module constants: the coverage plan cache is keyed by these sets (see report.Coverage.plan).
+_OUTLIER_HANDLED = frozenset({"consecutive_5xx", "consecutive_gateway_failure", "interval", "base_ejection_time",
+                              "enforcing_consecutive_5xx", "enforcing_consecutive_gateway_failure"})
+_THRESHOLD_HANDLED = frozenset({"priority", "max_connections", "max_pending_requests", "max_requests",
+                                "max_retries", "track_remaining"})
+_BREAKERS_HANDLED = frozenset({"thresholds"})
+_HPO_HANDLED = frozenset({"common_http_protocol_options", "explicit_http_config", "use_downstream_protocol_config"})
+_COMMON_HANDLED = frozenset({"idle_timeout", "max_requests_per_connection"})
 _5XX = [500, 501, 502, 503, 504, 505]
 _GATEWAY = [502, 503, 504]
 
@@ -99,8 +107,7 @@ def _istio_labels(name: str) -> dict:
 
 
 def _checks(od, connect: float, cov: Coverage) -> dict:
-    cov.unhandled(od, {"consecutive_5xx", "consecutive_gateway_failure", "interval", "base_ejection_time",
-                       "enforcing_consecutive_5xx", "enforcing_consecutive_gateway_failure"}, "outlier_detection")
+    cov.unhandled(od, _OUTLIER_HANDLED, "outlier_detection")
     cov.add("outlier_detection[approximated: passive checks, recovery by active TCP probe]")
     enforce_5xx = od.enforcing_consecutive_5xx.value if od.HasField("enforcing_consecutive_5xx") else 100
     enforce_gw = od.enforcing_consecutive_gateway_failure.value if od.HasField(
@@ -133,9 +140,8 @@ def _circuit_breakers(cluster, cov: Coverage) -> None:
         for field in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
             if threshold.HasField(field) and getattr(threshold, field).value < _UNLIMITED:
                 cov.add(f"circuit_breakers.thresholds.{field}")
-        cov.unhandled(threshold, {"priority", "max_connections", "max_pending_requests", "max_requests",
-                                  "max_retries", "track_remaining"}, "circuit_breakers.thresholds")
-    cov.unhandled(cluster.circuit_breakers, {"thresholds"}, "circuit_breakers")
+        cov.unhandled(threshold, _THRESHOLD_HANDLED, "circuit_breakers.thresholds")
+    cov.unhandled(cluster.circuit_breakers, _BREAKERS_HANDLED, "circuit_breakers")
 
 
 def _tls(cluster, body: dict, labels: dict, cov: Coverage) -> bool:
@@ -194,8 +200,7 @@ def _protocol(cluster, body: dict, cov: Coverage) -> None:
 
         hpo = http_protocol_options_pb2.HttpProtocolOptions()
         options[key].Unpack(hpo)
-        cov.unhandled(hpo, {"common_http_protocol_options", "explicit_http_config", "use_downstream_protocol_config"},
-                      "typed_extension_protocol_options.HttpProtocolOptions")
+        cov.unhandled(hpo, _HPO_HANDLED, "typed_extension_protocol_options.HttpProtocolOptions")
         _keepalive(hpo.common_http_protocol_options, body, cov)
         which = hpo.WhichOneof("upstream_protocol_options")
         if which == "explicit_http_config" and hpo.explicit_http_config.HasField("http2_protocol_options"):
@@ -214,7 +219,7 @@ def _protocol(cluster, body: dict, cov: Coverage) -> None:
 
 
 def _keepalive(common, body: dict, cov: Coverage) -> None:
-    cov.unhandled(common, {"idle_timeout", "max_requests_per_connection"}, "common_http_protocol_options")
+    cov.unhandled(common, _COMMON_HANDLED, "common_http_protocol_options")
     if common.HasField("idle_timeout"):
         body.setdefault("keepalive_pool", {})["idle_timeout"] = duration(common.idle_timeout)
     if common.HasField("max_requests_per_connection"):

@@ -5,13 +5,23 @@ recomputes only the upstreams of the clusters reading it, a RouteConfiguration u
 (and builds the upstreams its new references need). `document()` reassembles the whole standalone
 document from the caches: routes and upstreams sorted by id, every referenced upstream present (a
 cluster missing from CDS gets an upstream without nodes, reported), ids unique.
+
+The agent pushes after every change, so `document()` keeps the assembled, sorted lists and patches
+only what changed since the last call (an upstream rebuilt, a route set swapped): a few ms at 10,000
+services instead of re-sorting 90,000 objects. Many changes at once (a first load) are assembled from
+scratch. Bulk loads (`load`, `replace_*`) pause the cyclic garbage collector: they allocate hundreds
+of thousands of acyclic containers, which it would otherwise re-scan over and over (a third of the
+time at 10,000 services). docs/translation.md ("Performance") has the figures.
 """
 
 from __future__ import annotations
 
+import gc
+from bisect import bisect_left
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from sidecar_agent.translate import ids
 from sidecar_agent.translate import upstream as upstream_mod
@@ -43,17 +53,34 @@ class Translator:
         self._eds_users: dict[str, set[str]] = {}  # ClusterLoadAssignment name -> clusters reading it
         self._upstreams: dict[UpstreamRef, dict] = {}  # built upstreams, invalidated per cluster
         self._by_cluster: dict[str, set[UpstreamRef]] = {}
+        self._plain: dict[str, UpstreamRef] = {}  # each cluster's plain ref, one object (its id computed once)
+        # The assembled document: sorted ids and the objects in the same order (None: assemble anew),
+        # patched by document() from what changed since (pending ids / refs).
         self._routes_cache: list[dict] | None = None
-        self._upstream_ids: list[tuple[str, UpstreamRef]] | None = None
+        self._route_order: list[str] = []
+        self._route_count: Counter[str] = Counter()  # route id -> route sets producing it
+        self._route_by_id: dict[str, dict] = {}
+        self._pending_routes: set[str] = set()
+        self._upstream_ids: list[str] | None = None
+        self._fallback: tuple[ListenerPart | None, list[dict]] | None = None
+        self._upstream_list: list[dict] = []
+        self._pending_upstreams: set[UpstreamRef] = set()
 
     # --- whole state ----------------------------------------------------------------------------
 
+    def bulk(self):
+        """Context manager for applying many resources one by one (a first snapshot): pauses the
+        cyclic garbage collector as `load`/`replace_*` do (nothing here creates reference cycles;
+        at 10,000 services the collector would otherwise cost a quarter of the time). Reentrant."""
+        return _bulk()
+
     def load(self, resources) -> "Translator":
         """Replace everything with `resources` (a configdump.XdsResources)."""
-        self.replace_clusters(resources.clusters)
-        self.replace_endpoints(resources.endpoints)
-        self.replace_listeners(resources.listeners)
-        self.replace_route_configs(resources.route_configs)
+        with _bulk():
+            self.replace_clusters(resources.clusters)
+            self.replace_endpoints(resources.endpoints)
+            self.replace_listeners(resources.listeners)
+            self.replace_route_configs(resources.route_configs)
         self._notes = tuple(Unsupported(n.kind, n.resource, f"{n.field}[{n.detail}]", 1)
                             for n in getattr(resources, "notes", ()))
         return self
@@ -61,34 +88,38 @@ class Translator:
     def replace_clusters(self, clusters: Mapping[str, Any]) -> set[str]:
         """State-of-the-world CDS: clusters not in `clusters` are removed."""
         touched = set()
-        for name in set(self._clusters) - set(clusters):
-            touched |= self.remove_cluster(name)
-        for message in clusters.values():
-            touched |= self.set_cluster(message)
+        with _bulk():
+            for name in set(self._clusters) - set(clusters):
+                touched |= self.remove_cluster(name)
+            for message in clusters.values():
+                touched |= self.set_cluster(message)
         return touched
 
     def replace_endpoints(self, endpoints: Mapping[str, Any]) -> set[str]:
         touched = set()
-        for name in set(self._endpoints) - set(endpoints):
-            touched |= self.remove_endpoints(name)
-        for message in endpoints.values():
-            touched |= self.set_endpoints(message)
+        with _bulk():
+            for name in set(self._endpoints) - set(endpoints):
+                touched |= self.remove_endpoints(name)
+            for message in endpoints.values():
+                touched |= self.set_endpoints(message)
         return touched
 
     def replace_route_configs(self, route_configs: Mapping[str, Any]) -> set[str]:
         touched = set()
-        for name in set(self._route_sets) - set(route_configs):
-            touched |= self.remove_route_config(name)
-        for message in route_configs.values():
-            touched |= self.set_route_config(message)
+        with _bulk():
+            for name in set(self._route_sets) - set(route_configs):
+                touched |= self.remove_route_config(name)
+            for message in route_configs.values():
+                touched |= self.set_route_config(message)
         return touched
 
     def replace_listeners(self, listeners: Mapping[str, Any]) -> set[str]:
         touched = set()
-        for name in set(self._listeners) - set(listeners):
-            touched |= self.remove_listener(name)
-        for message in listeners.values():
-            touched |= self.set_listener(message)
+        with _bulk():
+            for name in set(self._listeners) - set(listeners):
+                touched |= self.remove_listener(name)
+            for message in listeners.values():
+                touched |= self.set_listener(message)
         return touched
 
     # --- one resource ---------------------------------------------------------------------------
@@ -101,8 +132,9 @@ class Translator:
         self._clusters[part.name] = (part, report)
         if part.eds_name:
             self._eds_users.setdefault(part.eds_name, set()).add(part.name)
-        self._by_cluster.setdefault(part.name, set()).add(UpstreamRef(part.name))
-        return self._invalidate(part.name, new_ids=old is None)
+        plain = self._plain.get(part.name) or self._plain.setdefault(part.name, UpstreamRef(part.name))
+        self._by_cluster.setdefault(part.name, set()).add(plain)
+        return self._invalidate(part.name)
 
     def remove_cluster(self, name: str) -> set[str]:
         old = self._clusters.pop(name, None)
@@ -110,7 +142,14 @@ class Translator:
             return set()
         if old[0].eds_name:
             self._eds_users.get(old[0].eds_name, set()).discard(name)
-        return self._invalidate(name, new_ids=True)
+        touched = self._invalidate(name)
+        # Forget the plain ref unless routes still reference it (their upstream stays, without nodes).
+        plain, refs = self._plain.pop(name, None), self._by_cluster.get(name)
+        if plain is not None and refs is not None and self._refs.get(plain, 0) <= 0:
+            refs.discard(plain)
+            if not refs:
+                del self._by_cluster[name]
+        return touched
 
     def set_endpoints(self, cla) -> set[str]:
         name = cla.cluster_name
@@ -119,7 +158,7 @@ class Translator:
         self._endpoints[name] = translate_endpoints(cla)
         touched = set()
         for cluster in self._eds_users.get(name, ()):
-            touched |= self._invalidate(cluster, new_ids=False)
+            touched |= self._invalidate(cluster)
         return touched
 
     def remove_endpoints(self, name: str) -> set[str]:
@@ -127,11 +166,12 @@ class Translator:
             return set()
         touched = set()
         for cluster in self._eds_users.get(name, ()):
-            touched |= self._invalidate(cluster, new_ids=False)
+            touched |= self._invalidate(cluster)
         return touched
 
     def set_route_config(self, rc) -> set[str]:
-        new = translate_route_config(rc)
+        # Virtual hosts unchanged since the last version are reused: their routes are the same objects.
+        new = translate_route_config(rc, self._route_sets.get(rc.name))
         return self._swap_route_set(rc.name, new)
 
     def remove_route_config(self, name: str) -> set[str]:
@@ -141,7 +181,7 @@ class Translator:
         part = translate_listener(listener)
         touched = set()
         if part.name == "virtualOutbound":
-            self._routes_cache = self._upstream_ids = None
+            self._reassemble()
         old = self._listeners.get(part.name)
         for rs in old.inline if old else ():
             touched |= self._swap_route_set(rs.name, None, key=f"listener:{part.name}:{rs.name}")
@@ -152,6 +192,8 @@ class Translator:
 
     def remove_listener(self, name: str) -> set[str]:
         old = self._listeners.pop(name, None)
+        if name == "virtualOutbound":
+            self._reassemble()
         touched = set()
         for rs in old.inline if old else ():
             touched |= self._swap_route_set(rs.name, None, key=f"listener:{name}:{rs.name}")
@@ -160,28 +202,104 @@ class Translator:
     # --- output ---------------------------------------------------------------------------------
 
     def document(self) -> dict:
-        if self._routes_cache is None:
-            routes = [r for rs in self._route_sets.values() for r in rs.routes] + self._fallback_routes()
-            routes.sort(key=lambda r: r["id"])
-            for before, after in zip(routes, routes[1:]):
-                if before["id"] == after["id"]:
-                    raise TranslationError(f"two route configurations produce route id {after['id']} "
-                                           f"({before['name']!r}, {after['name']!r})")
-            self._routes_cache = routes
-        if self._upstream_ids is None:
-            wanted = {UpstreamRef(name) for name in self._clusters}
-            wanted.update(UpstreamRef(r["name"].split("/", 1)[1]) for r in self._fallback_routes())
-            wanted.update(ref for ref, count in self._refs.items() if count > 0)
-            self._upstream_ids = sorted((ref.id, ref) for ref in wanted)
+        """The whole APISIX document; shares its objects with the caches and earlier documents (read-only)."""
+        with _bulk():
+            return {"routes": list(self._assembled_routes()), "upstreams": list(self._assembled_upstreams())}
+
+    def _assembled_routes(self) -> list[dict]:
+        routes = self._routes_cache
+        pending = self._pending_routes
+        if routes is not None and not pending:
+            return routes
+        if routes is None or len(pending) > _patch_limit(len(routes)):
+            return self._assemble_routes()
+        order = self._route_order
+        for route_id in pending:  # any order: each lands at its sorted place
+            at = bisect_left(order, route_id)
+            present = at < len(order) and order[at] == route_id
+            route = self._route_by_id.get(route_id)
+            if route is None:
+                if present:
+                    del order[at], routes[at]
+            elif present:
+                routes[at] = route
+            else:
+                order.insert(at, route_id)
+                routes.insert(at, route)
+        pending.clear()
+        return routes
+
+    def _assemble_routes(self) -> list[dict]:
+        routes = [r for rs in self._route_sets.values() for r in rs.routes] + self._fallback_routes()
+        routes.sort(key=_route_key)
+        for before, after in zip(routes, routes[1:]):
+            if before["id"] == after["id"]:
+                raise TranslationError(f"two route configurations produce route id {after['id']} "
+                                       f"({before['name']!r}, {after['name']!r})")
+        self._route_order = [r["id"] for r in routes]
+        self._route_by_id = dict(zip(self._route_order, routes))
+        self._route_count = Counter(self._route_order)
+        self._pending_routes.clear()
+        self._routes_cache = routes
+        return routes
+
+    def _assembled_upstreams(self) -> list[dict]:
+        pending = self._pending_upstreams
+        if self._upstream_ids is None or len(pending) > _patch_limit(len(self._upstream_list)):
+            return self._assemble_upstreams()
+        order, upstreams = self._upstream_ids, self._upstream_list
+        for ref in pending:  # any order: each lands at its sorted place
+            upstream_id = ref.id
+            at = bisect_left(order, upstream_id)
+            present = at < len(order) and order[at] == upstream_id
+            if self._wanted(ref):
+                built = self._upstreams.get(ref) or self._build(ref)
+                if present:
+                    upstreams[at] = built
+                else:
+                    order.insert(at, upstream_id)
+                    upstreams.insert(at, built)
+            elif present:
+                del order[at], upstreams[at]
+        pending.clear()
+        return upstreams
+
+    def _assemble_upstreams(self) -> list[dict]:
+        wanted = {self._plain.get(name) or UpstreamRef(name) for name in self._clusters}
+        wanted.update(UpstreamRef(r["name"].split("/", 1)[1]) for r in self._fallback_routes())
+        wanted.update(ref for ref, count in self._refs.items() if count > 0)
+        refs = sorted(wanted, key=_ref_key)
         upstreams = []
-        for _, ref in self._upstream_ids:
+        for ref in refs:
             built = self._upstreams.get(ref)
             if built is None:
                 built = self._build(ref)
             upstreams.append(built)
-        return {"routes": list(self._routes_cache), "upstreams": upstreams}
+        self._upstream_ids = [ref.id for ref in refs]
+        self._upstream_list = upstreams
+        self._pending_upstreams.clear()
+        return upstreams
+
+    def _wanted(self, ref: UpstreamRef) -> bool:
+        """Is `ref`'s upstream in the document: a cluster's plain upstream, referenced, or the fallback's."""
+        if self._refs.get(ref, 0) > 0:
+            return True
+        if ref.policy == upstream_mod.DEFAULT_POLICY:
+            return ref.cluster in self._clusters or any(
+                r["upstream_id"] == ref.id for r in self._fallback_routes())
+        return False
+
+    def _reassemble(self) -> None:
+        self._routes_cache = self._upstream_ids = None
 
     def _fallback_routes(self) -> list[dict]:
+        # Kept until virtualOutbound changes: the same objects in every document, and cheap to ask.
+        key = self._listeners.get("virtualOutbound")
+        if self._fallback is None or self._fallback[0] is not key:
+            self._fallback = (key, self._make_fallback_routes())
+        return self._fallback[1]
+
+    def _make_fallback_routes(self) -> list[dict]:
         """Envoy sends what no listener takes to `virtualOutbound` (tcp_proxy -> PassthroughCluster).
 
         The HTTP side keeps that shape: one lowest-priority route to the same cluster, so a request no
@@ -200,6 +318,10 @@ class Translator:
                  "priority": 0, "uris": ["/*"], "upstream_id": ref.id}]
 
     def report(self) -> Report:
+        with _bulk():
+            return self._report()
+
+    def _report(self) -> Report:
         groups: list[Iterable[Unsupported]] = [self._notes]
         groups += [r for _, r in self._clusters.values()]
         groups += [r for _, r in self._endpoints.values()]
@@ -225,33 +347,61 @@ class Translator:
     def _swap_route_set(self, name: str, new: RouteSet | None, key: str | None = None) -> set[str]:
         key = key or name
         old = self._route_sets.pop(key, None)
+        pending, counts, by_id = self._pending_routes, self._route_count, self._route_by_id
+        old_routes = old.routes if old is not None else ()
+        new_routes = new.routes if new is not None else ()
+        # Routes a new version reuses (the same object under the same id) are neither touched nor patched.
+        kept = {id(r) for r in old_routes if by_id.get(r["id"]) is r} & {id(r) for r in new_routes} \
+            if old_routes and new_routes else set()
         touched = set()
-        if old is not None:
-            touched |= {r["id"] for r in old.routes}
-            for ref in old.refs:
-                self._refs[ref] -= 1
-                if self._refs[ref] <= 0:
-                    del self._refs[ref]
-                    if ref.policy != upstream_mod.DEFAULT_POLICY:
-                        self._by_cluster.get(ref.cluster, set()).discard(ref)
-                        self._upstreams.pop(ref, None)
+        for route in old_routes:
+            if id(route) in kept:
+                continue
+            route_id = route["id"]
+            touched.add(route_id)
+            pending.add(route_id)
+            n = counts[route_id] - 1
+            if n <= 0:
+                del counts[route_id]
+                by_id.pop(route_id, None)
+            else:  # another route set produces this id too: which object remains is only known anew
+                counts[route_id] = n
+                self._routes_cache = None
         if new is not None:
             self._route_sets[key] = new
-            touched |= {r["id"] for r in new.routes}
-            for ref in new.refs:
-                self._refs[ref] += 1
-                self._by_cluster.setdefault(ref.cluster, set()).add(ref)
-        if old is None or new is None or old.refs != new.refs:
-            self._upstream_ids = None
-        self._routes_cache = None
+        for route in new_routes:
+            if id(route) in kept:
+                continue
+            route_id = route["id"]
+            touched.add(route_id)
+            pending.add(route_id)
+            n = counts[route_id] + 1
+            counts[route_id] = n
+            by_id[route_id] = route
+            if n > 1:  # a duplicate id: document() assembles anew, which names the two configurations
+                self._routes_cache = None
+        old_refs = old.refs if old is not None else frozenset()
+        new_refs = new.refs if new is not None else frozenset()
+        for ref in old_refs - new_refs:  # refs both versions hold stay counted as they are
+            self._refs[ref] -= 1
+            if self._refs[ref] <= 0:
+                del self._refs[ref]
+                self._pending_upstreams.add(ref)
+                if ref.policy != upstream_mod.DEFAULT_POLICY:
+                    self._by_cluster.get(ref.cluster, set()).discard(ref)
+                    self._upstreams.pop(ref, None)
+        for ref in new_refs - old_refs:
+            self._refs[ref] += 1
+            if self._refs[ref] == 1:
+                self._pending_upstreams.add(ref)
+            self._by_cluster.setdefault(ref.cluster, set()).add(ref)
         return touched
 
-    def _invalidate(self, cluster: str, new_ids: bool) -> set[str]:
+    def _invalidate(self, cluster: str) -> set[str]:
         refs = self._by_cluster.get(cluster, set())
         for ref in refs:
             self._upstreams.pop(ref, None)
-        if new_ids:
-            self._upstream_ids = None
+        self._pending_upstreams.update(refs)
         return {ref.id for ref in refs}
 
     def _build(self, ref: UpstreamRef) -> dict:
@@ -264,6 +414,31 @@ class Translator:
         built = upstream_mod.build(ref, part, endpoints)
         self._upstreams[ref] = built
         return built
+
+
+def _route_key(route: dict) -> str:
+    return route["id"]
+
+
+def _ref_key(ref: UpstreamRef) -> tuple[str, UpstreamRef]:
+    return ref.id, ref
+
+
+def _patch_limit(size: int) -> int:
+    """Up to this many changed objects are patched into the assembled list; more: assemble anew."""
+    return max(64, size // 32)
+
+
+@contextmanager
+def _bulk() -> Iterator[None]:
+    """Pause the cyclic GC while translating many resources (they create no reference cycles)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def translate(resources) -> Translation:

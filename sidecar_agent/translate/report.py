@@ -7,9 +7,15 @@ optionally with the unsupported value in brackets (`...retry_on[5xx]`).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Iterable
+
+# Above this many fields to look at, one ListFields() call is cheaper than a presence check per field.
+_MAX_CHECKS = 16
+_ORDER = attrgetter("kind", "resource", "field", "count")  # Unsupported's order, compared in C
 
 
 @dataclass(frozen=True, order=True)
@@ -32,13 +38,81 @@ class Coverage:
         self._counts[field] += count
 
     def unhandled(self, message, handled: frozenset[str] | set[str], path: str) -> None:
-        """Record every field set on `message` whose name is not in `handled`."""
-        for descriptor, _ in message.ListFields():
-            if descriptor.name not in handled:
-                self._counts[f"{path}.{descriptor.name}" if path else descriptor.name] += 1
+        """Record every field set on `message` whose name is not in `handled`.
+
+        The same as walking `message.ListFields()`, which builds a wrapper for every set value; this
+        runs for every endpoint and route, so most message types are checked field by field instead.
+        """
+        plan = self.plan(message.DESCRIPTOR, handled, path)
+        counts = self._counts
+        if plan.listed is not None:  # many candidate fields: one ListFields() call
+            for descriptor, _ in message.ListFields():
+                field = plan.listed.get(descriptor.name)
+                if field is not None:
+                    counts[field] += 1
+            return
+        for name, field in plan.presence:
+            if message.HasField(name):
+                counts[field] += 1
+        for name, field in plan.nonempty:  # repeated fields, proto3 scalars other than floats
+            if getattr(message, name):
+                counts[field] += 1
+        for name, field in plan.floats:
+            value = getattr(message, name)
+            if value or math.copysign(1.0, value) < 0:  # ListFields counts -0.0 as set
+                counts[field] += 1
+
+    @staticmethod
+    def plan(descriptor, handled: frozenset[str] | set[str], path: str) -> "Plan":
+        """How `unhandled` checks messages of type `descriptor` (cached; loops over thousands of
+        endpoints use it directly)."""
+        key = (descriptor, handled if isinstance(handled, frozenset) else frozenset(handled), path)
+        plan = _plans.get(key)
+        if plan is None:
+            plan = _plans[key] = _plan(*key)
+        return plan
+
+    def counts(self) -> tuple[tuple[str, int], ...]:
+        """(field, count) so far, to be added to another resource's coverage (`add_counts`)."""
+        return tuple(self._counts.items())
+
+    def add_counts(self, counts: Iterable[tuple[str, int]]) -> None:
+        for field, n in counts:
+            self._counts[field] += n
 
     def entries(self) -> tuple[Unsupported, ...]:
-        return tuple(Unsupported(self.kind, self.resource, f, n) for f, n in sorted(self._counts.items()))
+        kind, resource = self.kind, self.resource
+        return tuple(Unsupported(kind, resource, f, n) for f, n in sorted(self._counts.items()))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The unhandled fields of one message type as (field name, reported path) pairs, by check."""
+
+    presence: tuple[tuple[str, str], ...]  # HasField
+    nonempty: tuple[tuple[str, str], ...]  # truthy value: repeated fields, proto3 scalars
+    floats: tuple[tuple[str, str], ...]  # proto3 float/double: non-zero or -0.0
+    listed: dict[str, str] | None  # name -> reported path, when one ListFields() walk is cheaper
+
+
+_plans: dict[tuple, Plan] = {}
+
+
+def _plan(descriptor, handled: frozenset[str], path: str) -> Plan:
+    fields = [(f, f"{path}.{f.name}" if path else f.name) for f in descriptor.fields if f.name not in handled]
+    if len(fields) > _MAX_CHECKS or descriptor.extension_ranges:
+        return Plan((), (), (), {f.name: reported for f, reported in fields})
+    presence, nonempty, floats = [], [], []
+    for f, reported in fields:
+        if f.is_repeated:
+            nonempty.append((f.name, reported))
+        elif f.has_presence:
+            presence.append((f.name, reported))
+        elif f.cpp_type in (f.CPPTYPE_FLOAT, f.CPPTYPE_DOUBLE):
+            floats.append((f.name, reported))
+        else:
+            nonempty.append((f.name, reported))
+    return Plan(tuple(presence), tuple(nonempty), tuple(floats), None)
 
 
 @dataclass(frozen=True)
@@ -47,7 +121,7 @@ class Report:
 
     @classmethod
     def of(cls, groups: Iterable[Iterable[Unsupported]]) -> "Report":
-        return cls(tuple(sorted(e for group in groups for e in group)))
+        return cls(tuple(sorted((e for group in groups for e in group), key=_ORDER)))
 
     def by_field(self) -> dict[tuple[str, str], int]:
         """(kind, field) -> total count over all resources: what the agent exports as a metric."""

@@ -22,13 +22,20 @@ priority = band * STRIDE + (number of routes - index); the 404 catch-all gets ba
   `["original_dst_port", "==", "9080"]` — the variable the agent registers from SO_ORIGINAL_DST
   (apisix-facts.md). Without it, `*` virtual hosts of different ports would be ambiguous.
   `PORT_VAR = None` turns this off.
+
+istiod sends one RouteConfiguration per port holding every service's virtual host, so one
+VirtualService change re-sends all of them. `translate_route_config(rc, previous)` reuses the
+translation of each virtual host whose bytes (and the route configuration's own fields) are unchanged
+from `previous`: the same route objects, not recomputed.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 from sidecar_agent.translate import ids
 from sidecar_agent.translate.action import Scope, route_cors, translate_action
@@ -64,6 +71,19 @@ class RouteSet:
     routes: tuple[dict, ...]
     refs: frozenset[UpstreamRef]
     report: tuple[Unsupported, ...]
+    # For the next translation of this route configuration: what the virtual hosts depend on outside
+    # themselves, and each virtual host's translation by the digest of its bytes.
+    context: bytes = b""
+    parts: Mapping[bytes, "VhostPart"] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VhostPart:
+    """The translation of one virtual host (valid only with the same route configuration context)."""
+
+    routes: tuple[dict, ...]
+    refs: frozenset[UpstreamRef]
+    counts: tuple[tuple[str, int], ...]  # its coverage entries (field, count)
 
 
 def band_of(domain: str) -> int:
@@ -76,9 +96,10 @@ def band_of(domain: str) -> int:
     return BAND_EXACT
 
 
-def _check_domain(domain: str, where: str) -> None:
+def _check_domain(domain: str, route_config: str, vhost: str) -> None:
     if not domain or ("*" in domain[1:-1]) or (domain != "*" and domain.startswith("*") and domain.endswith("*")):
-        raise TranslationError(f"{where}: invalid domain {domain!r} (a wildcard goes only at the start or end)")
+        raise TranslationError(f"route_config {route_config!r} virtual host {vhost!r}: invalid domain {domain!r} "
+                               "(a wildcard goes only at the start or end)")
 
 
 def host_condition(domains: list[str], ignore_port: bool) -> tuple[list[str] | None, list[tuple]]:
@@ -86,13 +107,13 @@ def host_condition(domains: list[str], ignore_port: bool) -> tuple[list[str] | N
     if "*" in domains:
         return None, []
     alternatives = []
-    for domain in sorted(domains):
+    for domain, escaped in zip(*_escaped_each(sorted(domains))):
         if domain.startswith("*"):
-            alternatives.append(".+" + escape(domain[1:]))
+            alternatives.append(".+" + escaped[2:])  # escape("*") is "\\*"
         elif domain.endswith("*"):
-            alternatives.append(escape(domain[:-1]) + ".+")
+            alternatives.append(escaped[:-2] + ".+")
         else:
-            alternatives.append(escape(domain))
+            alternatives.append(escaped)
     port = "(?::[0-9]+)?" if ignore_port else ""
     expr = ("http_host", "~*", f"^(?:{'|'.join(alternatives)}){port}$")
     hosts = sorted({_strip_port(d).lower() for d in domains})
@@ -100,6 +121,16 @@ def host_condition(domains: list[str], ignore_port: bool) -> tuple[list[str] | N
             or not all(_HOST_DEF.match(h) for h in hosts):
         return None, [expr]
     return hosts, [expr]
+
+
+def _escaped_each(domains: list[str]) -> tuple[list[str], list[str]]:
+    """(domains, each escaped): one escape() call for all when the separator occurs in none."""
+    joined = "\n".join(domains)
+    if joined.count("\n") == len(domains) - 1:
+        escaped = escape(joined).split("\\\n")
+        if len(escaped) == len(domains):
+            return domains, escaped
+    return domains, [escape(d) for d in domains]
 
 
 def _strip_port(domain: str) -> str:
@@ -123,57 +154,107 @@ def port_scope(route_config_name: str) -> list[tuple]:
     return [(PORT_VAR, "==", parsed.group(1))]
 
 
-def translate_route_config(rc) -> RouteSet:
+def translate_route_config(rc, previous: RouteSet | None = None) -> RouteSet:
+    """`rc`'s routes; virtual hosts unchanged since `previous` (the same configuration's last
+    translation) are taken from it."""
     name = rc.name
     cov = Coverage("route_config", name)
     scope_vars = port_scope(name)
     cov.unhandled(rc, _RC_HANDLED, "")
     _report_per_filter(rc, cov, "")
+    context = _context(rc)
+    reusable = previous.parts if previous is not None and previous.context == context else {}
     routes: list[dict] = []
     refs: set[UpstreamRef] = set()
+    parts: dict[bytes, VhostPart] = {}
     seen_domains: dict[str, str] = {}
+    same_counts: dict[tuple, tuple] = {}  # most virtual hosts report the same fields: one tuple for all
     for vhost in rc.virtual_hosts:
-        cov.unhandled(vhost, _VHOST_HANDLED, "virtual_hosts")
-        _report_per_filter(vhost, cov, "virtual_hosts")
-        if not vhost.domains:
-            raise TranslationError(f"route_config {name!r}: virtual host {vhost.name!r} has no domains")
-        groups: dict[int, list[str]] = {}
-        for domain in vhost.domains:
-            _check_domain(domain, f"route_config {name!r} virtual host {vhost.name!r}")
+        digest = hashlib.blake2b(vhost.SerializeToString(deterministic=True), digest_size=16).digest()
+        part = reusable.get(digest)
+        vhost_name = vhost.name  # each protobuf read makes a new str: read once
+        domains = tuple(vhost.domains)
+        if not domains:
+            raise TranslationError(f"route_config {name!r}: virtual host {vhost_name!r} has no domains")
+        for domain in domains:
+            if part is None:
+                _check_domain(domain, name, vhost_name)
             key = domain.lower()
             if key in seen_domains:
                 raise TranslationError(f"route_config {name!r}: domain {domain!r} is in virtual hosts "
-                                       f"{seen_domains[key]!r} and {vhost.name!r}")
-            seen_domains[key] = vhost.name
-            groups.setdefault(band_of(domain), []).append(domain)
-        translated = _vhost_routes(rc, vhost, cov)
-        count = len(translated)
-        if count >= STRIDE:
-            raise TranslationError(f"route_config {name!r}: virtual host {vhost.name!r} has {count} routes "
-                                   f"(at most {STRIDE - 1} fit a priority band)")
-        for band, domains in sorted(groups.items(), reverse=True):
-            hosts, host_vars = host_condition(domains, rc.ignore_port_in_host_matching)
-            host_vars = scope_vars + host_vars
-            group = f"band{band}"
-            for index, (route_name, route_vars, action) in translated:
-                obj = _route_object(ids.route_id(name, vhost.name, group, index, route_name),
-                                    f"{name}/{vhost.name}/{route_name}", band * STRIDE + count - index,
-                                    hosts, host_vars + route_vars)
-                if action.refs:
-                    obj["upstream_id"] = action.refs[0].id
-                    refs.update(action.refs)
-                if action.plugins:
-                    # Several bands share one Action: give each route its own copy.
-                    obj["plugins"] = copy.deepcopy(action.plugins) if len(groups) > 1 else action.plugins
-                if action.websocket:
-                    obj["enable_websocket"] = True
-                routes.append(obj)
-            catch_all = _route_object(ids.route_id(name, vhost.name, group, -1, "404"),
-                                      f"{name}/{vhost.name}/404", band * STRIDE, hosts, host_vars)
-            catch_all["plugins"] = {k: {"abort": dict(v["abort"])} for k, v in NOT_FOUND.items()}
-            routes.append(catch_all)
-    routes.sort(key=lambda r: r["id"])
-    return RouteSet(name, tuple(routes), frozenset(refs), cov.entries())
+                                       f"{seen_domains[key]!r} and {vhost_name!r}")
+            seen_domains[key] = vhost_name
+        if part is None:
+            part = _vhost_part(rc, vhost, vhost_name, domains, scope_vars, same_counts)
+        parts[digest] = part
+        routes.extend(part.routes)
+        refs.update(part.refs)
+        cov.add_counts(part.counts)
+    routes.sort(key=_route_key)
+    return RouteSet(name, tuple(routes), frozenset(refs), cov.entries(), context, parts)
+
+
+def _context(rc) -> bytes:
+    """Everything of `rc` but its virtual hosts, as bytes: what a virtual host's translation reads
+    besides the virtual host itself (name, port matching, headers, per-filter configs)."""
+    out = []
+    for descriptor, value in rc.ListFields():
+        if descriptor.name == "virtual_hosts":
+            continue
+        if descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
+            items = [(k, v.SerializeToString(deterministic=True) if hasattr(v, "SerializeToString") else v)
+                     for k, v in sorted(value.items())]
+        elif descriptor.is_repeated:
+            items = [v.SerializeToString(deterministic=True) if hasattr(v, "SerializeToString") else v for v in value]
+        else:
+            items = value.SerializeToString(deterministic=True) if hasattr(value, "SerializeToString") else value
+        out.append(repr((descriptor.name, items)))
+    return "\x1f".join(out).encode()
+
+
+def _vhost_part(rc, vhost, vhost_name: str, domains: tuple[str, ...], scope_vars: list[tuple],
+                same_counts: dict[tuple, tuple]) -> VhostPart:
+    name = rc.name
+    cov = Coverage("route_config", name)
+    cov.unhandled(vhost, _VHOST_HANDLED, "virtual_hosts")
+    _report_per_filter(vhost, cov, "virtual_hosts")
+    groups: dict[int, list[str]] = {}
+    for domain in domains:
+        groups.setdefault(band_of(domain), []).append(domain)
+    translated = _vhost_routes(rc, vhost, cov)
+    count = len(translated)
+    if count >= STRIDE:
+        raise TranslationError(f"route_config {name!r}: virtual host {vhost_name!r} has {count} routes "
+                               f"(at most {STRIDE - 1} fit a priority band)")
+    routes: list[dict] = []
+    refs: set[UpstreamRef] = set()
+    for band, band_domains in sorted(groups.items(), reverse=True):
+        hosts, host_vars = host_condition(band_domains, rc.ignore_port_in_host_matching)
+        host_vars = scope_vars + host_vars
+        group = f"band{band}"
+        for index, (route_name, route_vars, action) in translated:
+            obj = _route_object(ids.route_id(name, vhost_name, group, index, route_name),
+                                f"{name}/{vhost_name}/{route_name}", band * STRIDE + count - index,
+                                hosts, host_vars + route_vars)
+            if action.refs:
+                obj["upstream_id"] = action.refs[0].id
+                refs.update(action.refs)
+            if action.plugins:
+                # Several bands share one Action: give each route its own copy.
+                obj["plugins"] = copy.deepcopy(action.plugins) if len(groups) > 1 else action.plugins
+            if action.websocket:
+                obj["enable_websocket"] = True
+            routes.append(obj)
+        catch_all = _route_object(ids.route_id(name, vhost_name, group, -1, "404"),
+                                  f"{name}/{vhost_name}/404", band * STRIDE, hosts, host_vars)
+        catch_all["plugins"] = {k: {"abort": dict(v["abort"])} for k, v in NOT_FOUND.items()}
+        routes.append(catch_all)
+    counts = cov.counts()
+    return VhostPart(tuple(routes), frozenset(refs), same_counts.setdefault(counts, counts))
+
+
+def _route_key(route: dict) -> str:
+    return route["id"]
 
 
 def _vhost_routes(rc, vhost, cov: Coverage) -> list[tuple[int, tuple[str, list[tuple], object]]]:
@@ -188,7 +269,9 @@ def _vhost_routes(rc, vhost, cov: Coverage) -> list[tuple[int, tuple[str, list[t
         if match is None:
             cov.add(f"{path}[dropped: match not expressible]")
             continue
-        action = translate_action(route, scope, cov, path, _uri_prefix(route.match))
+        envoy_match = route.match
+        action = translate_action(route, scope, cov, path, _uri_prefix(envoy_match),
+                                  envoy_match.HasField("case_sensitive") and not envoy_match.case_sensitive.value)
         if "cors" not in action.plugins:
             policy = route_cors(route, scope, cov, path)
             if policy:

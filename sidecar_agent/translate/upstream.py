@@ -26,10 +26,33 @@ class UpstreamPolicy:
     hash_key: str | None = None
 
     def variant(self) -> str:
-        if self.retries == 0 and self.retry_timeout is None and self.read_timeout is None and self.hash_on is None:
-            return ""
-        return ",".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self)
-                        if getattr(self, f.name) is not None)
+        # Computed once per policy: ids and names of every upstream using it read it.
+        cached = self.__dict__.get("_variant")
+        if cached is None:
+            cached = _variant(self)
+            object.__setattr__(self, "_variant", cached)
+        return cached
+
+    def __hash__(self) -> int:
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, name) for name in _POLICY_FIELDS))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __getstate__(self) -> dict:
+        return _fields_only(self)
+
+
+_POLICY_FIELDS = tuple(f.name for f in fields(UpstreamPolicy))
+
+
+def _variant(policy: UpstreamPolicy) -> str:
+    if policy.retries == 0 and policy.retry_timeout is None and policy.read_timeout is None \
+            and policy.hash_on is None:
+        return ""
+    return ",".join(f"{name}={getattr(policy, name)}" for name in _POLICY_FIELDS
+                    if getattr(policy, name) is not None)
 
 
 DEFAULT_POLICY = UpstreamPolicy()
@@ -42,7 +65,27 @@ class UpstreamRef:
 
     @property
     def id(self) -> str:
-        return ids.upstream_id(self.cluster, self.policy.variant())
+        cached = self.__dict__.get("_id")
+        if cached is None:
+            cached = ids.upstream_id(self.cluster, self.policy.variant())
+            object.__setattr__(self, "_id", cached)
+        return cached
+
+    def __hash__(self) -> int:
+        # Refs are set members and Counter keys by the hundred thousand: hash once.
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.cluster, self.policy))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __getstate__(self) -> dict:
+        return _fields_only(self)
+
+
+def _fields_only(obj) -> dict:
+    """Pickle/copy state without the cached values (a str hash differs between processes)."""
+    return {k: v for k, v in obj.__dict__.items() if not k.startswith("_")}
 
 
 @dataclass(frozen=True)
@@ -69,6 +112,7 @@ class EndpointPart:
 def build(ref: UpstreamRef, cluster: ClusterPart | None, endpoints: EndpointPart | None) -> dict[str, Any]:
     """The APISIX upstream for `ref`. A missing cluster or endpoint set gives no nodes (503), never stale ones."""
     policy = ref.policy
+    variant = policy.variant()
     body: dict[str, Any] = dict(cluster.body) if cluster else {"type": "roundrobin", "scheme": "http"}
     if cluster is None:
         body["labels"] = {"amesh.missing": "cluster"}
@@ -81,17 +125,21 @@ def build(ref: UpstreamRef, cluster: ClusterPart | None, endpoints: EndpointPart
             if cluster.tls_auto and endpoints.istio_tls and not endpoints.mixed_tls:
                 body["scheme"] = "https"
                 body["labels"] = {**body.get("labels", {}), "amesh.tls": "istio-mutual"}
-    body["nodes"] = [dict(n) for n in nodes]
-    connect = body.get("timeout", {}).get("connect", 5.0)  # Envoy's default connect timeout
+    # The node dicts are shared with the endpoint set (and every upstream of the cluster): documents
+    # are read-only, and copies would be most of the document's memory (10 nodes x 60,000 upstreams).
+    body["nodes"] = list(nodes)
+    timeout = body.get("timeout")
+    connect = timeout.get("connect", 5.0) if timeout else 5.0  # Envoy's default connect timeout
     read = policy.read_timeout or APISIX_DEFAULT_TIMEOUT
     body["timeout"] = {"connect": connect, "send": read, "read": read}
-    body["retries"] = policy.retries
-    if policy.retry_timeout is not None and policy.retries:
+    retries = policy.retries
+    body["retries"] = retries
+    if retries and policy.retry_timeout is not None:
         body["retry_timeout"] = policy.retry_timeout
-    if cluster is not None and cluster.hashing and policy.hash_on:
+    if policy.hash_on and cluster is not None and cluster.hashing:
         body["type"] = "chash"
         body["hash_on"] = policy.hash_on
         body["key"] = policy.hash_key
     body["id"] = ref.id
-    body["name"] = ref.cluster[:256] if not policy.variant() else f"{ref.cluster} [{policy.variant()}]"[:256]
+    body["name"] = f"{ref.cluster} [{variant}]"[:256] if variant else ref.cluster[:256]
     return body
