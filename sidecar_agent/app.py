@@ -1,5 +1,5 @@
 """Composition root of `amesh-agent run`: the one place that wires the xDS edge, the translation,
-the APISIX sink and supervisor, and the HTTP endpoints together."""
+the APISIX sink and supervisor, the plugin stream from amesh-controller, and the HTTP endpoints together."""
 
 from __future__ import annotations
 
@@ -50,6 +50,10 @@ class AgentConfig:
     partial_timeout: float = 10.0
     drain_seconds: float = 5.0
     schema_dir: Path | None = None  # APISIX's JSON Schemas: validate every document before pushing
+    # amesh-controller's plugin stream ("host:port"; None = no controller, no client). The token must pass
+    # the controller's TokenReview: the pod's bound service-account token (API server audience) by default.
+    controller_address: str | None = None
+    controller_token: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
     def problems(self) -> list[str]:
         out = []
@@ -60,6 +64,10 @@ class AgentConfig:
             out.append(f"TLS to istiod needs the mesh CA at {self.root_cert} (XDS_ROOT_CA, or --plaintext)")
         if self.no_apisix and self.apisix_mode is apisix_config.Mode.API and not self.apisix_admin_key:
             out.append("--no-apisix in api mode needs --apisix-admin-key of the APISIX you run")
+        if self.controller_address is not None:
+            host, sep, port = self.controller_address.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                out.append(f"--controller-address must be HOST:PORT, got {self.controller_address!r}")
         for name in ("status_port", "metrics_port", "admin_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 out.append(f"{name} must be 0-65535")
@@ -119,6 +127,15 @@ class Agent:
             tls = TlsSettings(cfg.root_cert, token, cfg.xds_server_name or host)
         self.client = AdsClient(Transport(cfg.discovery_address, tls), self.session,
                                 self.pipeline.decide, self.pipeline.on_accepted, observer=self.metrics)
+        self.plugin_client = None
+        if cfg.controller_address:
+            # Imported only when used: the client compiles/loads the controller's proto.
+            from sidecar_agent.plugins.client import PluginClient, token_file_reader
+
+            self.plugin_client = PluginClient(cfg.controller_address, self.env["POD_NAMESPACE"], self.env["POD_NAME"],
+                                              token_file_reader(str(cfg.controller_token)), self._on_plugins)
+            client = self.plugin_client
+            self.metrics.plugin_stream_connected.set_function(lambda: float(client.connected))
         self.supervisor: Supervisor | None = None
         if not cfg.no_apisix:
             self.supervisor = Supervisor(apisix_command(str(cfg.apisix_prefix)), on_start=self._apisix_started)
@@ -130,6 +147,22 @@ class Agent:
         if not self.pusher.ever_complete:
             return "no complete configuration live in APISIX yet"
         return None
+
+    async def _on_plugins(self, plugin_set) -> None:
+        try:
+            await self.pipeline.on_plugins(plugin_set)
+        except Exception:  # a bug here must not end the plugin stream (nor the agent): the last set stays
+            log.exception("applying plugin set %r failed", plugin_set.version)
+
+    def _plugins_view(self, with_shadowed: bool = True) -> dict:
+        client = self.plugin_client
+        source = self.pipeline.source if with_shadowed else None
+        return diag.plugins(
+            self.config.controller_address,
+            None if client is None else {"connected": client.connected, "attempts": client.attempts,
+                                         "last_error": client.last_error},
+            self.pipeline.plugins, self.pipeline.plugins_refused,
+            None if source is None else source.body)
 
     def _apisix_started(self, pid: int) -> None:
         if self.supervisor is not None and self.supervisor.starts > 1:
@@ -150,7 +183,9 @@ class Agent:
                 self.pusher.live.body if self.pusher.live else None),
             "/status": lambda q: diag.as_json(diag.status(
                 snapshot().versions(), self.pusher.live.label if self.pusher.live else None,
-                self.session.last_nack, self.not_ready())),
+                self.session.last_nack, self.not_ready(),
+                diag.plugins_summary(self._plugins_view(with_shadowed=False)))),
+            "/plugins": lambda q: diag.as_json(self._plugins_view()),
             "/stats/prometheus": stats,
             "/ready": ready,
         }
@@ -174,6 +209,8 @@ class Agent:
         self.ports = {"status": servers[0].port, "metrics": servers[1].port, "admin": servers[2].port}
         tasks = [asyncio.create_task(self.client.run(), name="ads"),
                  asyncio.create_task(self.pusher.run(), name="pusher")]
+        if self.plugin_client is not None:  # readiness never waits for it: a pod starts with the controller down
+            tasks.append(asyncio.create_task(self.plugin_client.run(), name="plugins"))
         if self.supervisor is not None:
             self._write_apisix_config()
             tasks.append(asyncio.create_task(self.supervisor.run(), name="apisix"))

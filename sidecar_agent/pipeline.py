@@ -19,6 +19,12 @@ of exactly one snapshot, `held`. For each response:
   RouteConfiguration to no routes (404) — nothing ever names a missing upstream. Readiness requires a
   complete document.
 
+The controller's plugin set (`on_plugins`, from amesh-controller's stream) is laid over every document
+before the gate (`plugins.overlay.Overlay`, memoised by identity), so what is gated, schema-checked and
+pushed is the merged document. A new set re-merges the document in force (and the held one) without
+translating anything again; a set the gate or the schemas refuse is not adopted, the previous one stays,
+and the refusal is kept for /plugins. xDS responses are checked merged with the set in force.
+
 The documents are the translator's shared, read-only objects: nothing here copies them.
 """
 
@@ -36,6 +42,8 @@ from typing import Any, Protocol
 from google.protobuf.message import Message
 
 from sidecar_agent.http.metrics import AgentMetrics
+from sidecar_agent.plugins.model import EMPTY as NO_PLUGINS, PluginSet
+from sidecar_agent.plugins.overlay import Overlay
 from sidecar_agent.sink.pusher import Document, Pusher
 from sidecar_agent.store import EMPTY, Resource, Snapshot
 from sidecar_agent.xds import kinds
@@ -211,15 +219,20 @@ class Pipeline:
     # every cached resource (~150 ms at 10,000 services), too much to redo on each EDS update.
     report_delay: float = 5.0
     snapshot: Snapshot | None = field(default=None, init=False)  # last accepted, for /config_dump
-    document: Document | None = field(default=None, init=False)  # last submitted
+    document: Document | None = field(default=None, init=False)  # last submitted (plugins merged)
+    source: Document | None = field(default=None, init=False)  # the same, as translated (no plugins)
     held: Snapshot = field(default=EMPTY, init=False)  # what the translator holds
+    plugins: PluginSet = field(default=NO_PLUGINS, init=False)  # the controller's set in force
+    plugins_refused: str | None = field(default=None, init=False)  # why the last set received was not adopted
     _body: Mapping[str, Any] | None = field(default=None, init=False)  # its document, once assembled
+    _merged: Mapping[str, Any] | None = field(default=None, init=False)  # _body with `plugins`, gated
     _partial: asyncio.TimerHandle | None = field(default=None, init=False)
     _report: asyncio.TimerHandle | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.translator = self.new_translator()
         self._gate = Gate()
+        self._overlay = Overlay()
 
     # -- the client's two callbacks ------------------------------------------------------------
     async def decide(self, pending: Pending) -> str | None:
@@ -244,7 +257,7 @@ class Pipeline:
             if self._partial is not None:
                 self._partial.cancel()
                 self._partial = None
-            self._submit(Document(self._body, label_of(snapshot)))
+            self._submit(self._body, self._merged, label_of(snapshot))
         elif self._partial is None and snapshot.has_received(kinds.LDS) and snapshot.has_received(kinds.CDS):
             self._partial = asyncio.get_running_loop().call_later(self.partial_timeout, self._publish_partial)
 
@@ -259,25 +272,30 @@ class Pipeline:
                     applied.append(change)  # first: a setter that fails halfway is undone too
                     self._apply(change.kind, change.name, change.after, message)
                 if not target.complete():
-                    body = None
+                    body = merged = None
                 elif not todo and self._body is not None:
-                    body = self._body  # same content under new versions (a resend): same document
+                    body, merged = self._body, self._merged  # same content under new versions (a resend)
                 else:
-                    body = self._assemble()
+                    body, merged = self._assemble()
         except BaseException:
             self._undo(applied)
             raise
-        self.held, self._body = target, body
+        self.held, self._body, self._merged = target, body, merged
 
-    def _assemble(self) -> Mapping[str, Any]:
+    def _assemble(self) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        """The translator's document and, gated, that document with the plugin set in force."""
         body = self.translator.document()
-        problems = self._gate(body)
+        return body, self._checked(body, self.plugins)
+
+    def _checked(self, body: Mapping[str, Any], plugin_set: PluginSet) -> Mapping[str, Any]:
+        merged = self._overlay(body, plugin_set)
+        problems = self._gate(merged)
         if not problems and self.check is not None:
-            problems = self.check(body)
+            problems = self.check(merged)
         if problems:
             more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
             raise Refused("; ".join(problems[:5]) + more)
-        return body
+        return merged
 
     def _apply(self, kind: kinds.Kind, name: str, resource: Resource | None, message: Message | None) -> None:
         setter, remover = _METHODS[kind]
@@ -307,15 +325,44 @@ class Pipeline:
         log.warning("still missing after %.0fs: routes %s, endpoints %s; publishing the partial policy",
                     self.partial_timeout, sorted(missing.routes), sorted(missing.endpoints))
         try:
-            body = self._assemble()
+            body, merged = self._assemble()
         except (*self.invalid, Refused):
             log.exception("the partial document does not assemble")
             return
-        self._submit(Document(body, "partial:" + label_of(snapshot), complete=False))
+        self._submit(body, merged, "partial:" + label_of(snapshot), complete=False)
 
-    def _submit(self, document: Document) -> None:
-        self.document = document
-        self.pusher.submit(document)
+    def _submit(self, body: Mapping[str, Any], merged: Mapping[str, Any], label: str, complete: bool = True) -> None:
+        self.source = Document(body, label, complete)
+        suffix = f";plugins={self.plugins.version}" if self.plugins.version else ""
+        self.document = Document(merged, label + suffix, complete)
+        self.pusher.submit(self.document)
+
+    # -- the controller's plugin set -----------------------------------------------------------
+    async def on_plugins(self, plugin_set: PluginSet) -> str | None:
+        """Adopt the controller's new set and push the document in force merged with it; None when
+        adopted, else why not (the previous set stays). Nothing is translated again."""
+        if plugin_set == self.plugins:
+            self.metrics.plugin_sets.labels("unchanged").inc()
+            return None
+        source = self.source
+        try:
+            merged = self._checked(self._body, plugin_set) if self._body is not None else None
+            again = None
+            if source is not None:
+                again = merged if source.body is self._body else self._checked(source.body, plugin_set)
+        except Refused as exc:
+            self.plugins_refused = f"plugin set {plugin_set.version!r} refused: {exc}"
+            log.warning("%s; keeping set %r", self.plugins_refused, self.plugins.version)
+            self.metrics.plugin_sets.labels("refused").inc()
+            return self.plugins_refused
+        self.plugins, self.plugins_refused = plugin_set, None
+        if merged is not None:
+            self._merged = merged
+        self.metrics.plugin_sets.labels("applied").inc()
+        self.metrics.plugins_active.set(len(plugin_set.plugins))
+        if source is not None and again is not None:
+            self._submit(source.body, again, source.label, source.complete)
+        return None
 
     def _schedule_report(self) -> None:
         if self._report is None:

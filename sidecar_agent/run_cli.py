@@ -8,6 +8,13 @@ injector's environment are worked out by `istio_defaults` (pure), as pilot-agent
 from `XDS_ROOT_CA` / `PILOT_CERT_PROVIDER`, the token from `JWT_POLICY` (the injector also exports
 `PROXY_CONFIG.proxyMetadata` entries as variables, so they count too). Heavy imports happen inside
 the command.
+
+`--controller-address` (`AMESH_CONTROLLER_ADDRESS`, which the injection template sets to
+`amesh-controller.<istio ns>.svc:15810`) turns on amesh-controller's plugin stream; empty = none. Its token
+(`--controller-token`) must pass the controller's TokenReview, which by default asks for the API server's
+own audience and a pod-name claim: the pod's bound service-account token, not the `istio-ca` istio-token
+(that one works only when the controller runs with `--token-audience istio-ca`). It falls back to the
+istio-token when the service-account token is not mounted (automountServiceAccountToken: false).
 """
 
 from __future__ import annotations
@@ -55,11 +62,13 @@ def istio_defaults(env: Mapping[str, str], exists=os.path.exists) -> dict[str, o
         else:
             root = ISTIO_ROOT_CERT
     token = FIRST_PARTY_TOKEN if env.get("JWT_POLICY") == "first-party-jwt" else THIRD_PARTY_TOKEN
+    controller_token = FIRST_PARTY_TOKEN if exists(FIRST_PARTY_TOKEN) else THIRD_PARTY_TOKEN
     return {
         "discovery_address": config.get("discoveryAddress") or ISTIOD,
         "plaintext": str(config.get("controlPlaneAuthPolicy", "")).upper() == "NONE",
         "xds_root_cert": root,
         "xds_token": token,
+        "controller_token": controller_token,
         "metrics_port": int(config.get("statusPort") or 15020),
         "admin_port": int(config.get("proxyAdminPort") or 15000),
     }
@@ -116,6 +125,13 @@ _option = functools.partial(click.option, show_envvar=True)  # --help names each
               help="Seconds to wait for referenced RDS/EDS before publishing the partial policy.")
 @_option("--drain-seconds", envvar="TERMINATION_DRAIN_DURATION_SECONDS", type=float, default=5.0,
               show_default=True)
+@_option("--controller-address", envvar="AMESH_CONTROLLER_ADDRESS", default="",
+              help="amesh-controller's plugin stream, HOST:PORT (empty: no controller).")
+@_option("--controller-token", envvar="AMESH_CONTROLLER_TOKEN", type=click.Path(path_type=Path),
+              default=_default("controller_token"),
+              show_default=f"{FIRST_PARTY_TOKEN} if mounted, else {THIRD_PARTY_TOKEN}",
+              help="Token sent to amesh-controller (re-read on every connection); it must pass the "
+                   "controller's TokenReview (API server audience unless the controller sets --token-audience).")
 @_option("--log-level", envvar="AMESH_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 def run(**options) -> None:
@@ -160,4 +176,6 @@ def config_of(options: Mapping[str, object]):
         partial_timeout=options["partial_timeout"],
         drain_seconds=options["drain_seconds"],
         schema_dir=options["apisix_schema_dir"],
+        controller_address=str(options["controller_address"] or "").strip() or None,
+        controller_token=Path(options["controller_token"]),
     )

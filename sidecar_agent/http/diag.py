@@ -21,6 +21,8 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa:
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 
+from sidecar_agent.plugins.merge import shadowed
+from sidecar_agent.plugins.model import PluginSet
 from sidecar_agent.store import Snapshot
 from sidecar_agent.xds import kinds
 
@@ -67,7 +69,8 @@ def config_dump(snapshot: Snapshot, node: base_pb2.Node, include_eds: bool = Fal
                                      preserving_proto_field_name=True)
 
 
-def status(versions: Mapping[str, str], live_label: str | None, last_nack: Any, ready: str | None) -> dict:
+def status(versions: Mapping[str, str], live_label: str | None, last_nack: Any, ready: str | None,
+           plugins: Mapping[str, Any] | None = None) -> dict:
     return {
         "xds_versions": dict(versions),
         "apisix_document": live_label,
@@ -77,7 +80,34 @@ def status(versions: Mapping[str, str], live_label: str | None, last_nack: Any, 
             "type_url": last_nack.type_url, "version": last_nack.version,
             "nonce": last_nack.nonce, "error": last_nack.error,
         },
+        "plugins": plugins,
     }
+
+
+def plugins(controller: str | None, stream: Mapping[str, Any] | None, in_force: PluginSet,
+            refused: str | None, document: Mapping[str, Any] | None) -> dict:
+    """/plugins: the controller's set in force, the stream's state, and where xDS plugins won."""
+    return {
+        "controller": controller,
+        "stream": None if stream is None else dict(stream),
+        "version": in_force.version,
+        "plugins": [{"direction": p.direction.value, "type": p.type.value, "name": p.name, "source": p.source,
+                     "config": p.config} for p in in_force.plugins],
+        "refused": refused,
+        # (route, plugin) where the translator's own plugin of that name kept the controller's off the route
+        "shadowed": [{"route": route, "plugin": name}
+                     for route, name in (shadowed(document, in_force) if document and in_force.plugins else [])],
+    }
+
+
+def plugins_summary(view: Mapping[str, Any]) -> dict | None:
+    """The /status line of `plugins(...)`; None without a controller."""
+    if view["controller"] is None:
+        return None
+    stream = view["stream"] or {}
+    return {"controller": view["controller"], "connected": stream.get("connected", False),
+            "version": view["version"], "count": len(view["plugins"]), "refused": view["refused"],
+            "last_error": stream.get("last_error")}
 
 
 def as_json(value: Any) -> tuple[int, str, bytes]:

@@ -30,6 +30,12 @@ class AgentMetrics:
         self.push_latency = Histogram("amesh_apisix_push_seconds", "time to hand a document to APISIX",
                                       buckets=_LATENCY_BUCKETS, registry=r)
         self.apisix_restarts = Counter("amesh_apisix_restarts", "APISIX processes restarted", registry=r)
+        # amesh-controller's plugin stream (only moves when --controller-address is set)
+        self.plugin_sets = Counter("amesh_plugin_sets", "plugin sets received from amesh-controller",
+                                   ["result"], registry=r)  # applied | refused | unchanged
+        self.plugins_active = Gauge("amesh_plugins_active", "controller plugins in the set in force", registry=r)
+        self.plugin_stream_connected = Gauge("amesh_plugin_stream_connected",
+                                             "1 while the plugin stream from amesh-controller is open", registry=r)
 
     # xds.client.Observer
     def connected(self) -> None:

@@ -1,1 +1,2 @@
-"""Plugins from amesh-controller: the stream client and the merge into the translated document."""
+"""Plugins from amesh-controller: the stream client, the merge into the translated document, and the
+overlay that applies it to every document the pipeline gates and pushes."""

@@ -64,7 +64,8 @@ def test_every_flag_reads_its_environment_variable(monkeypatch, tmp_path):
         "AMESH_APISIX_METRICS_URL": "http://127.0.0.1:15091/m", "AMESH_APISIX_SCHEMA_DIR": str(tmp_path),
         "AMESH_NO_APISIX": "1", "ENVOY_STATUS_PORT": "25021", "AMESH_METRICS_PORT": "25020",
         "AMESH_ADMIN_PORT": "25000", "AMESH_PARTIAL_TIMEOUT": "3", "TERMINATION_DRAIN_DURATION_SECONDS": "7",
-        "AMESH_LOG_LEVEL": "debug",
+        "AMESH_LOG_LEVEL": "debug", "AMESH_CONTROLLER_ADDRESS": "amesh-controller.istio-system.svc:15810",
+        "AMESH_CONTROLLER_TOKEN": str(tmp_path / "sa-token"),
     }
     got = params(monkeypatch, env)
     assert got == {
@@ -75,6 +76,7 @@ def test_every_flag_reads_its_environment_variable(monkeypatch, tmp_path):
         "apisix_metrics_url": "http://127.0.0.1:15091/m", "apisix_schema_dir": tmp_path, "no_apisix": True,
         "status_port": 25021, "metrics_port": 25020, "admin_port": 25000, "partial_timeout": 3.0,
         "drain_seconds": 7.0, "log_level": "debug",
+        "controller_address": "amesh-controller.istio-system.svc:15810", "controller_token": tmp_path / "sa-token",
     }
     # A flag on the command line wins over its variable.
     assert params(monkeypatch, env, ("--status-port", "15021", "--tls"))["status_port"] == 15021
@@ -90,6 +92,23 @@ def test_config_of_maps_system_roots_and_defaults(monkeypatch):
     assert config.root_cert is None and config.problems() == []  # the system's roots need no file
     assert config.discovery_address == "istiod.istio-system.svc:15012" and not config.plaintext
     assert (config.status_port, config.metrics_port, config.admin_port) == (15021, 15020, 15000)
+    assert config.controller_address is None  # AMESH_CONTROLLER_ADDRESS unset or empty: no plugin client
+
+
+def test_controller_token_is_what_the_controller_token_review_accepts():
+    # The controller's TokenReview asks for the API server's audience and a pod-name claim: the bound
+    # service-account token; the istio-ca istio-token only when that one is not mounted.
+    sa = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert istio_defaults({}, lambda p: p == sa)["controller_token"] == sa
+    assert istio_defaults({}, lambda p: False)["controller_token"] == "/var/run/secrets/tokens/istio-token"
+
+
+def test_controller_address_is_checked_and_empty_means_none(monkeypatch):
+    got = params(monkeypatch, {"XDS_ROOT_CA": "SYSTEM", "AMESH_CONTROLLER_ADDRESS": " "})
+    assert run_cli.config_of(dict(got, log_level=None)).controller_address is None
+    got = params(monkeypatch, {"XDS_ROOT_CA": "SYSTEM", "AMESH_CONTROLLER_ADDRESS": "amesh-controller"})
+    config = run_cli.config_of(dict(got, log_level=None))
+    assert config.problems() == ["--controller-address must be HOST:PORT, got 'amesh-controller'"]
 
 
 def test_bad_input_is_named_before_anything_starts(monkeypatch, tmp_path):
