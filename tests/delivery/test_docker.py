@@ -187,3 +187,45 @@ def test_controller_image_entrypoint(images):
     if "amesh-controller" not in scripts:
         pytest.skip("amesh-controller is not a console script yet (controller/ is being written)")
     docker("run", "--rm", "--network", "none", tag, "--help")
+
+
+AGENT_PROBE = """
+import json, sys, time, urllib.error, urllib.request
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+deadline = time.monotonic() + 60
+while True:
+    try:
+        ready = get("http://127.0.0.1:15021/healthz/ready"); break
+    except OSError:
+        if time.monotonic() > deadline: raise
+        time.sleep(0.2)
+metrics = get("http://127.0.0.1:15020/stats/prometheus")
+status = get("http://127.0.0.1:15000/status")
+print(json.dumps({"ready": ready[0], "metrics": metrics[0], "has_xds_metric": "amesh_" in metrics[1],
+                  "status": status[0]}))
+"""
+
+
+def test_sidecar_image_agent_starts_and_serves_istio_ports(images):
+    """The entrypoint really runs in the image as 1337: with no istiod reachable it serves its ports and says
+    not-ready, which is what the kubelet's readiness probe on 15021 sees until the first config is live."""
+    tag = images["sidecar"]
+    name = f"amesh-test-agent-{RUN_ID}"
+    identity = ["-e", "POD_NAME=details-v1-0", "-e", "POD_NAMESPACE=default", "-e", "INSTANCE_IP=10.1.0.7"]
+    docker("run", "-d", "--name", name, "--label", LABEL, "--network", "none", *identity, tag,
+           "--no-apisix", "--plaintext", "--discovery-address", "127.0.0.1:15010",
+           "--apisix-mode", "file", "--apisix-config-file", "/tmp/apisix.yaml")
+    try:
+        probe = docker("exec", name, "/opt/amesh/bin/python", "-c", AGENT_PROBE, check=False, timeout=120)
+        logs = docker("logs", name, check=False).stderr[-3000:]
+        assert probe.returncode == 0, f"{probe.stderr}\nagent logs:\n{logs}"
+        result = json.loads(probe.stdout)
+        assert result == {"ready": 503, "metrics": 200, "has_xds_metric": True, "status": 200}, logs
+        assert docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
+    finally:
+        docker("rm", "-f", name, check=False)
