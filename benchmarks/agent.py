@@ -164,6 +164,14 @@ async def agent_only(port: int, trace: bool) -> None:
             by_file[key] = by_file.get(key, 0) + stat.size
         figure["python_heap_mb_by_file"] = {k: round(v / 2**20, 1) for k, v in
                                             sorted(by_file.items(), key=lambda kv: -kv[1])[:8]}
+        by_line = {}
+        for stat in snapshot.statistics("lineno")[:12]:
+            frame = stat.traceback[0]
+            name = frame.filename.split("/sidecar_agent/")[-1] if "/sidecar_agent/" in frame.filename \
+                else Path(frame.filename).name
+            by_line[f"{name}:{frame.lineno}"] = round(stat.size / 2**20, 1)
+        figure["python_heap_mb_by_line"] = by_line
+        figure["python_heap_mb"] = round(sum(s.size for s in snapshot.statistics("filename")) / 2**20, 1)
     print(json.dumps(figure), flush=True)
     for t in tasks:
         t.cancel()
@@ -210,6 +218,8 @@ def main() -> None:
               f"({figure['rss_before_mb']} MB after imports){goal}")
         if "python_heap_mb_by_file" in figure:
             print(f"  Python heap by file (MB): {figure['python_heap_mb_by_file']}")
+            print(f"  Python heap by line (MB): {figure['python_heap_mb_by_line']}")
+            print(f"  Python heap (tracemalloc) {figure['python_heap_mb']} MB in all")
 
 
 if __name__ == "__main__":

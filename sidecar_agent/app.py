@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sidecar_agent import identity as identity_mod
 from sidecar_agent.apisix import config as apisix_config
+from sidecar_agent.apisix import datapath
 from sidecar_agent.apisix.supervisor import Supervisor, apisix_command
 from sidecar_agent.http import clusters as clusters_mod, diag, health, metrics as metrics_mod
 from sidecar_agent.http.server import Running, serve
@@ -35,7 +36,9 @@ class AgentConfig:
     root_cert: Path | None = Path("/var/run/secrets/istio/root-cert.pem")  # None: the system's roots
     token: Path = Path("/var/run/secrets/tokens/istio-token")
     xds_server_name: str | None = None  # defaults to the discovery host (istiod's certificate SAN)
-    apisix_mode: apisix_config.Mode = apisix_config.Mode.API
+    # File mode by default: the sidecar's outbound and inbound capture ports are stream listeners
+    # (docs/data-path.md), and API-driven standalone did not apply stream routes in the APISIX build measured.
+    apisix_mode: apisix_config.Mode = apisix_config.Mode.FILE
     apisix_admin_url: str | None = None
     apisix_admin_key: str | None = None
     apisix_prefix: Path = Path("/usr/local/apisix")
@@ -116,9 +119,15 @@ class Agent:
         self.apisix_metrics_url = cfg.apisix_metrics_url or (
             None if cfg.no_apisix else apisix_config.prometheus_url(self.apisix_settings)
         )
-        self.pusher = Pusher(sink, observer=self.metrics)
+        self.pusher = Pusher(sink, observer=self.metrics, before_submit=self._before_push)
+        # The data path: what config.yaml must listen on follows what the held listeners serve.
+        self.data_path_base = datapath.DataPathSettings(
+            outbound_port=self.apisix_settings.outbound_port, inbound_port=self.apisix_settings.inbound_port,
+            proxy_user=self.apisix_settings.worker_user, proxy_group=self.apisix_settings.worker_group)
+        self.data_path: datapath.DataPathSettings | None = None  # what the written config.yaml serves
+        self.pod_ips = tuple(ip for ip in str(self.identity.metadata.get("INSTANCE_IPS", "")).split(",") if ip)
         self.pipeline = Pipeline(self.pusher, self.metrics, check=default_check(cfg.schema_dir),
-                                 partial_timeout=cfg.partial_timeout)
+                                 partial_timeout=cfg.partial_timeout, new_translator=self._new_translator)
         self.session = AdsSession(self.node)
         tls = None
         if not cfg.plaintext:
@@ -191,10 +200,26 @@ class Agent:
         }
         return {"/healthz/ready": ready}, {"/stats/prometheus": stats, "/healthz/ready": ready}, admin
 
-    def _write_apisix_config(self) -> None:
+    def _new_translator(self):
+        from sidecar_agent.translate import Translator
+
+        return Translator(pod_ips=self.pod_ips, data_path=self.data_path_base)
+
+    def _before_push(self, document) -> None:
+        """A document whose data path needs listeners APISIX lacks (a new HTTP port) first gets them: config.yaml
+        is regenerated and APISIX reloaded. Internal ports are pinned, so routes already live keep theirs."""
+        wanted = self.pipeline.translator.data_path_settings
+        if self.supervisor is None or not datapath.needs_reload(self.data_path, wanted):
+            return
+        self._write_apisix_config(wanted)
+        self.metrics.apisix_reloads.inc()
+        asyncio.get_running_loop().create_task(self.supervisor.reload(), name="apisix-reload")
+
+    def _write_apisix_config(self, data_path: datapath.DataPathSettings | None = None) -> None:
+        self.data_path = data_path or self.data_path or self.data_path_base
         path = self.config.apisix_prefix / "conf" / "config.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(apisix_config.render_yaml(self.apisix_settings))
+        path.write_text(apisix_config.render_yaml(self.apisix_settings, self.data_path))
         path.chmod(0o600)  # it holds the admin key
 
     # -- lifecycle ----------------------------------------------------------------------------------

@@ -25,16 +25,27 @@ def main() -> None:
 @click.option("--report", is_flag=True, help="Print the unsupported-field report to standard error.")
 @click.option("--schema-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Validate against APISIX's JSON Schemas in this directory before writing.")
-def translate(input_path: Path, output: Path | None, fmt: str, report: bool, schema_dir: Path | None) -> None:
-    """Translate an Envoy /config_dump (JSON/YAML) or a directory of xDS resources into an APISIX document."""
+@click.option("--pod-ip", "pod_ips", multiple=True, metavar="IP",
+              help="The pod's address (repeatable) for the inbound side; default: INSTANCE_IPS of the "
+                   "dump's bootstrap node metadata. Without any, inbound is reported, not translated.")
+@click.option("--outbound-policy", type=click.Choice(["ALLOW_ANY", "REGISTRY_ONLY"]),
+              help="The mesh's outboundTrafficPolicy.mode (default: what virtualOutbound encodes).")
+def translate(input_path: Path, output: Path | None, fmt: str, report: bool, schema_dir: Path | None,
+              pod_ips: tuple[str, ...], outbound_policy: str | None) -> None:
+    """Translate an Envoy /config_dump (JSON/YAML) or a directory of xDS resources into an APISIX document
+    (routes, upstreams, and the data path's stream_routes on 15001/15006)."""
     from sidecar_agent.configdump import ConfigDumpError, load_config_dump
     from sidecar_agent.translate import TranslationError
     from sidecar_agent.translate import translate as run_translation
     from sidecar_agent.translate.render import render
+    from sidecar_agent.translate.stream import OutboundPolicy
 
     try:
-        result = run_translation(load_config_dump(input_path))
-    except (ConfigDumpError, TranslationError) as exc:
+        if not pod_ips and input_path.is_file():
+            pod_ips = _dump_pod_ips(input_path)
+        result = run_translation(load_config_dump(input_path), pod_ips=pod_ips,
+                                 outbound_policy=OutboundPolicy(outbound_policy) if outbound_policy else None)
+    except (ConfigDumpError, TranslationError, ValueError) as exc:
         raise click.ClickException(f"invalid input: {exc}") from None
     if schema_dir is not None:
         from sidecar_agent.schema import validate_document
@@ -51,6 +62,22 @@ def translate(input_path: Path, output: Path | None, fmt: str, report: bool, sch
         tmp.replace(output)  # never leave a half-written file behind
     if report:
         sys.stderr.write(result.report.to_text())
+
+
+def _dump_pod_ips(path: Path) -> tuple[str, ...]:
+    """INSTANCE_IPS from the bootstrap of a config dump file; () when it has none or is not one."""
+    import json
+
+    import yaml
+
+    from sidecar_agent.translate.bootstrap import instance_ips
+
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError):
+        return ()  # load_config_dump names what is wrong with the file
+    return instance_ips(data)
 
 
 main.add_command(__import__("sidecar_agent.run_cli", fromlist=["run"]).run)  # `run` (issue #4); click only

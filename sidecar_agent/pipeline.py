@@ -78,15 +78,17 @@ _METHODS = {
 }
 
 
-# A response changing this many resources (a first sync, a mesh-wide EDS push) is applied with the cyclic
-# garbage collector paused: translation allocates hundreds of thousands of acyclic containers, which it
-# would otherwise re-scan over and over.
+# A response changing this many resources (a first sync, a mesh-wide EDS push) is applied inside the
+# translator's `bulk()` (the cyclic garbage collector paused: translation allocates hundreds of thousands
+# of acyclic containers, which it would otherwise re-scan over and over). Once it is accepted, what the
+# translator holds is moved out of the collector's sight (`gc.freeze`): later collections skip it instead
+# of walking ~1.5 million objects (10,000 services) each time; nothing in it forms cycles.
 BULK_CHANGES = 256
 
 
 @contextlib.contextmanager
-def _collector_paused(pause: bool) -> Iterator[None]:
-    if not pause or not gc.isenabled():
+def _collector_paused() -> Iterator[None]:
+    if not gc.isenabled():
         yield
         return
     gc.disable()
@@ -94,6 +96,16 @@ def _collector_paused(pause: bool) -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def settle_heap() -> float:
+    """Collect what cycles are garbage, then freeze the survivors (the translation just accepted) into
+    the permanent generation; the previous freeze is undone first so its garbage is found too. Seconds taken."""
+    started = time.perf_counter()
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    return time.perf_counter() - started
 
 
 class Refused(ValueError):
@@ -159,7 +171,9 @@ class Gate:
     when an upstream it names went away."""
 
     def __init__(self) -> None:
-        self._resolved: dict[tuple[str, Any], tuple[Mapping, list]] = {}  # slot -> (object, its refs)
+        # type -> id -> (the object found to resolve, *the upstream ids it names): one flat tuple per
+        # route (30,000 at 10,000 services), not a key tuple plus a pair plus a list
+        self._resolved: dict[str, dict[Any, tuple]] = {}
         self._upstreams: frozenset = frozenset()
 
     def __call__(self, document: Mapping[str, Any]) -> list[str]:
@@ -172,20 +186,22 @@ class Gate:
             if key == "upstreams":
                 upstreams = seen
         gone = self._upstreams - upstreams
-        resolved: dict[tuple[str, Any], tuple[Mapping, list]] = {}
+        resolved: dict[str, dict[Any, tuple]] = {}
         for key in ("routes", "services", "stream_routes"):
+            known_of = self._resolved.get(key, {})
+            kept = resolved[key] = {}
             for obj in document.get(key, ()):
-                slot = (key, obj.get("id"))
-                known = self._resolved.get(slot)
-                if known is not None and known[0] is obj and not (gone and gone.intersection(known[1])):
-                    resolved[slot] = known
+                oid = obj.get("id")
+                known = known_of.get(oid)
+                if known is not None and known[0] is obj and not (gone and gone.intersection(known[1:])):
+                    kept[oid] = known
                     continue
                 refs = _upstream_refs(obj)
                 missing = [ref for ref in refs if ref not in upstreams]
                 if missing:
-                    problems += [f"{key}/{slot[1]}: upstream {ref!r} does not exist" for ref in missing]
+                    problems += [f"{key}/{oid}: upstream {ref!r} does not exist" for ref in missing]
                     continue
-                resolved[slot] = (obj, refs)
+                kept[oid] = (obj, *refs)
         if not problems:
             self._resolved, self._upstreams = resolved, frozenset(upstreams)
         return problems
@@ -228,6 +244,7 @@ class Pipeline:
     _merged: Mapping[str, Any] | None = field(default=None, init=False)  # _body with `plugins`, gated
     _partial: asyncio.TimerHandle | None = field(default=None, init=False)
     _report: asyncio.TimerHandle | None = field(default=None, init=False)
+    _settle: bool = field(default=False, init=False)  # a bulk change was applied: settle_heap() once accepted
 
     def __post_init__(self) -> None:
         self.translator = self.new_translator()
@@ -253,6 +270,9 @@ class Pipeline:
                 log.exception("accepted snapshot %s does not translate", label_of(snapshot))
                 return
         self._schedule_report()
+        if self._settle:  # after this callback: the push goes out first
+            self._settle = False
+            asyncio.get_running_loop().call_soon(self._settle_heap)
         if snapshot.complete():
             if self._partial is not None:
                 self._partial.cancel()
@@ -266,7 +286,8 @@ class Pipeline:
         applied: list[Change] = []
         todo = changes(self.held, target)
         try:
-            with _collector_paused(len(todo) >= BULK_CHANGES):
+            bulk = len(todo) >= BULK_CHANGES
+            with self._bulk() if bulk else contextlib.nullcontext():
                 for change in todo:
                     message = decoded.get(change.name) if change.kind is kind else None
                     applied.append(change)  # first: a setter that fails halfway is undone too
@@ -281,6 +302,15 @@ class Pipeline:
             self._undo(applied)
             raise
         self.held, self._body, self._merged = target, body, merged
+        if bulk:
+            self._settle = True
+
+    def _bulk(self) -> contextlib.AbstractContextManager:
+        bulk = getattr(self.translator, "bulk", None)
+        return bulk() if bulk is not None else _collector_paused()
+
+    def _settle_heap(self) -> None:
+        log.debug("heap settled after a bulk change in %.0f ms", settle_heap() * 1000)
 
     def _assemble(self) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
         """The translator's document and, gated, that document with the plugin set in force."""

@@ -99,7 +99,10 @@ _option = functools.partial(click.option, show_envvar=True)  # --help names each
 @_option("--xds-server-name", envvar="ISTIOD_SAN", default=None,
               help="Name istiod's certificate must carry (default: the discovery host).")
 @_option("--apisix-mode", envvar="AMESH_APISIX_MODE", type=click.Choice(["api", "file"]),
-              default="api", show_default=True)
+              default="file", show_default=True,
+              help="file: conf/apisix.yaml (the default: stream routes, which the sidecar's capture ports need, "
+                   "did not apply through API-driven standalone in the APISIX build measured); api: PUT "
+                   "/apisix/admin/configs.")
 @_option("--apisix-admin-url", envvar="AMESH_APISIX_ADMIN_URL", default=None,
               help="Default: the Admin API of the APISIX this agent starts (127.0.0.1:9180).")
 @_option("--apisix-admin-key", envvar="AMESH_APISIX_ADMIN_KEY", default=None,

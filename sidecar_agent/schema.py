@@ -4,6 +4,10 @@ Like APISIX: Draft 7, `format` asserted, `default`s filled in while validating (
 are looked at), every plugin checked with its own `plugins/<name>.json` (an unknown plugin is an error).
 On top of the schemas, the document-level rules APISIX's standalone mode enforces or that the agent
 guarantees: ids unique per type, every `upstream_id` (route or traffic-split) names an upstream.
+
+The sidecar's own plugin (`amesh-passthrough`, shipped in sidecar_agent/lua/apisix/plugins/ and
+enabled by the generated config.yaml) is not in APISIX's set: exactly that plugin is checked with the
+schema shipped beside it (the one its Lua `check_schema` uses); any other unknown plugin stays an error.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
+# The sidecar's own plugins -> their schema, beside the Lua module.
+OWN_PLUGINS = {"amesh-passthrough": Path(__file__).resolve().parent / "lua" / "apisix" / "plugins"
+               / "amesh-passthrough.schema.json"}
 # Document key -> core schema name.
 KINDS = {"routes": "route", "upstreams": "upstream", "services": "service", "stream_routes": "stream_route",
          "ssls": "ssl", "global_rules": "global_rule", "plugin_configs": "plugin_config", "consumers": "consumer"}
@@ -30,6 +37,9 @@ class Schemas:
         from jsonschema import Draft7Validator
 
         path = self.directory / relative
+        name = relative.removeprefix("plugins/").removesuffix(".json")
+        if relative.startswith("plugins/") and name in OWN_PLUGINS:
+            path = OWN_PLUGINS[name]
         if not path.is_file():
             return None
         return _apisix_like()(json.loads(path.read_text()), format_checker=Draft7Validator.FORMAT_CHECKER)

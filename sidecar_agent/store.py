@@ -3,8 +3,8 @@
 A resource is held as the bytes istiod sent, compressed, not as a decoded message: a decoded upb
 message takes 5-7x its wire size, and the bytes are all that `/config_dump` (which re-packs them) and
 change detection (a digest of them) need. Resources of one type look alike, so each is zlib-compressed
-against a dictionary taken from the first resource of its type: 10,000 services' 86 MB on the wire are
-held in ~6 MB. The translator gets decoded messages only for what changed.
+against a dictionary sampled from the first response of its type (`Codec.sampling_many`): 10,000
+services' 81 MB on the wire are held in ~6.5 MB. The translator gets decoded messages only for what changed.
 
 A snapshot is replaced whole (`replace` returns a new one; unchanged types and resources are shared),
 so readers — the pipeline, /config_dump — never see a half-applied response.
@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import sys
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -25,6 +26,7 @@ from sidecar_agent.xds import kinds, references
 
 _EMPTY: Mapping[str, "Resource"] = MappingProxyType({})
 _DICTIONARY_BYTES = 32 * 1024  # zlib's window: a longer dictionary is not used
+_SAMPLE_BYTES = 4 * 1024  # measured: as small as 4 KB spread over a response, as good as 32 KB, 3x faster
 
 
 def digest_of(value: bytes) -> bytes:
@@ -49,6 +51,20 @@ class Codec:
     @classmethod
     def sampling(cls, sample: bytes) -> Codec:
         return cls(sample[-_DICTIONARY_BYTES:])
+
+    @classmethod
+    def sampling_many(cls, values: Sequence[bytes]) -> Codec:
+        """A dictionary of whole resources spread over `values` (a response), up to _SAMPLE_BYTES. One
+        resource alone can be a poor sample (the first cluster is often the tiny BlackHoleCluster: CDS
+        at 10,000 services held 18.6 MB compressed against it, 2.4 MB against this), and a short
+        dictionary is cheaper to load into each compressor than zlib's whole 32 KB window."""
+        step = max(1, len(values) // 64)
+        sample = b""
+        for value in values[::step]:
+            if sample and len(sample) + len(value) > _SAMPLE_BYTES:
+                break
+            sample += value
+        return cls(sample[-_SAMPLE_BYTES:])
 
 
 PLAIN = Codec()
@@ -158,7 +174,8 @@ def resource_of(kind: kinds.Kind, value: bytes, message: Message, codec: Codec =
         refs = tuple(sorted(references.endpoint_names([message])))
     else:
         refs = ()
-    return Resource(kind.name_of(message), digest or digest_of(value), codec.shrink(value), codec, refs)
+    # The name interned: the translator interns the same names (cluster, EDS), so both hold one str.
+    return Resource(sys.intern(kind.name_of(message)), digest or digest_of(value), codec.shrink(value), codec, refs)
 
 
 def snapshot_of(resources: Mapping[kinds.Kind, list[Message]], version: str = "1") -> Snapshot:

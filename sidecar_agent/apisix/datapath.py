@@ -13,14 +13,25 @@ ones, like Istio's, from 127.0.0.6 / ::6 (`proxy_bind` chosen per internal liste
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 LUA_DIR = Path(__file__).resolve().parents[1] / "lua"  # package data: amesh/origdst.lua, amesh/hook.lua
 HOOK = "amesh.hook"  # lua_module_hook names must match ^[a-zA-Z._-]+$ (no digits)
 INBOUND_SOURCE_V4, INBOUND_SOURCE_V6 = "127.0.0.6", "::6"
+PASSTHROUGH_PLUGIN = "amesh-passthrough"  # lua/apisix/plugins/amesh-passthrough.lua
+# config.yaml's `plugins` replaces APISIX's default list: the plugins whose schemas the agent ships
+# and validates with (schemas/apisix-3.18/plugins, checked by a test), and the passthrough plugin.
+HTTP_PLUGINS = ("api-breaker", "cors", "ext-plugin-post-req", "ext-plugin-pre-req", "fault-injection",
+                "grpc-transcode", "ip-restriction", "jwt-auth", "key-auth", "limit-conn", "limit-count",
+                "limit-req", "mocking", "prometheus", "proxy-control", "proxy-mirror", "proxy-rewrite",
+                "real-ip", "redirect", "request-id", "response-rewrite", "serverless-pre-function",
+                "traffic-split")
+STREAM_PLUGINS = ("ip-restriction", "limit-conn")  # of APISIX's default stream plugins, those with schemas here
 
 
 class Direction(enum.Enum):
@@ -39,6 +50,10 @@ class DataPathSettings:
     inbound_http_ports: tuple[int, ...] = ()  # the pod's own declared HTTP ports (virtualInbound chains)
     internal_base: int = 15100  # internal listeners: outbound from here, inbound from internal_base+500
     lua_dir: str = field(default=str(LUA_DIR))
+    # (direction, original port, internal port) kept from the previous settings (settings_for): a port
+    # already served keeps its listener when others come and go, so nothing is misrouted while a new
+    # config.yaml and the document that needs it are applied one after the other.
+    pinned: tuple[tuple[Direction, int, int], ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -60,6 +75,9 @@ class DataPathSettings:
             problems.append(f"internal_base {self.internal_base} leaves no room for 1000 internal ports")
         if problems:
             raise ValueError("invalid data-path settings: " + "; ".join(problems))
+        internal = [p for _, _, p in self.pinned]
+        if len(set(internal)) != len(internal) or len({(d, p) for d, p, _ in self.pinned}) != len(internal):
+            raise ValueError("invalid data-path settings: pinned internal ports repeat")
         taken = {self.outbound_port, self.inbound_port}
         clash = sorted(taken & set(range(self.internal_base, self.internal_base + 1000)))
         if clash:
@@ -67,13 +85,72 @@ class DataPathSettings:
 
 
 def internal_ports(settings: DataPathSettings) -> dict[tuple[Direction, int], int]:
-    """(direction, original port) -> the internal HTTP listener port on 127.0.0.1 (sorted, dense)."""
+    """(direction, original port) -> the internal HTTP listener port on 127.0.0.1.
+
+    Pinned ports keep theirs; the others take the lowest free ones in port order (without pins:
+    dense and sorted, from internal_base outbound and internal_base + 500 inbound)."""
     out = {}
-    for index, port in enumerate(sorted(settings.outbound_http_ports)):
-        out[(Direction.OUTBOUND, port)] = settings.internal_base + index
-    for index, port in enumerate(sorted(settings.inbound_http_ports)):
-        out[(Direction.INBOUND, port)] = settings.internal_base + 500 + index
+    for direction, ports, base in ((Direction.OUTBOUND, settings.outbound_http_ports, settings.internal_base),
+                                   (Direction.INBOUND, settings.inbound_http_ports, settings.internal_base + 500)):
+        wanted = set(ports)
+        kept = {port: internal for d, port, internal in settings.pinned
+                if d is direction and port in wanted and base <= internal < base + 500}
+        used = set(kept.values())
+        free = (p for p in range(base, base + 500) if p not in used)
+        for port in sorted(wanted):
+            out[(direction, port)] = kept[port] if port in kept else next(free)
     return out
+
+
+def settings_for(listeners: Mapping[str, Any], pod_ips: Sequence[str] = (), *,
+                 base: DataPathSettings | None = None,
+                 previous: DataPathSettings | None = None) -> DataPathSettings:
+    """The data-path settings for the held LDS listeners (by name) and the pod's addresses
+    (INSTANCE_IPS): what the agent renders config.yaml from, and what the Translator uses.
+
+    `base` gives the rest (ports, user, lua_dir); `previous` (the settings in force) pins the internal
+    ports of HTTP ports still served. Inbound HTTP ports need the pod's addresses (without them the
+    inbound side is not translated). `ipv6` follows the pod's addresses when they are known."""
+    from sidecar_agent.translate import inbound, stream  # translate imports this module
+
+    virtual_inbound = listeners.get("virtualInbound")
+    inbound_ports = inbound.http_ports(virtual_inbound) if virtual_inbound is not None and pod_ips else ()
+    return with_ports(base or DataPathSettings(), stream.http_ports(listeners), inbound_ports, pod_ips, previous)
+
+
+def with_ports(base: DataPathSettings, outbound_http_ports: Sequence[int], inbound_http_ports: Sequence[int],
+               pod_ips: Sequence[str] = (), previous: DataPathSettings | None = None) -> DataPathSettings:
+    """`base` serving these HTTP ports, internal ports pinned from `previous`; ipv6 from `pod_ips`.
+
+    The pins are `previous`'s assignment plus its older pins whose internal port is still free: a
+    port that goes and comes back (a rolled-back update) gets its listener back."""
+    pinned = base.pinned
+    if previous is not None:
+        current = internal_ports(previous)
+        taken = set(current.values())
+        pins = {(d, port): internal for d, port, internal in previous.pinned
+                if (d, port) not in current and internal not in taken}
+        pins.update(current)
+        pinned = tuple(sorted(((d, port, internal) for (d, port), internal in pins.items()),
+                              key=lambda t: (t[0].value, t[1])))
+    ipv6 = base.ipv6
+    if pod_ips:
+        ipv6 = any(_global_v6(ip) for ip in pod_ips)
+    return dataclasses.replace(base, ipv6=ipv6, outbound_http_ports=tuple(sorted(set(outbound_http_ports))),
+                               inbound_http_ports=tuple(sorted(set(inbound_http_ports))), pinned=pinned)
+
+
+def needs_reload(old: DataPathSettings | None, new: DataPathSettings) -> bool:
+    """Does going from `old` to `new` change conf/config.yaml (regenerate it and reload APISIX)?"""
+    return old is None or fragment(old) != fragment(new)
+
+
+def _global_v6(ip: str) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        raise ValueError(f"pod address {ip!r} is not an IP address") from None
+    return address.version == 6 and not address.is_link_local
 
 
 def _listen(port: int, ipv6: bool, *, host: str | None = None) -> list[str]:
@@ -86,7 +163,10 @@ def fragment(settings: DataPathSettings) -> dict[str, Any]:
     """The config.yaml keys the data path owns; deep-merge into the rest of the generated file."""
     s = settings
     ports = internal_ports(s)
-    node_listen = [{"ip": "127.0.0.1", "port": p, "enable_http2": True} for p in sorted(ports.values())]
+    # no HTTP port yet: one unmapped loopback listener, since an http server without `listen`
+    # would take nginx's default *:80 (the hook maps it to nothing: no route matches there)
+    listen_ports = sorted(ports.values()) or [s.internal_base]
+    node_listen = [{"ip": "127.0.0.1", "port": p, "enable_http2": True} for p in listen_ports]
     inbound_internal = sorted(p for (d, _), p in ports.items() if d is Direction.INBOUND)
     # proxy_bind takes variables; an empty value binds nothing (outbound upstreams)
     bind_map = "".join(f"        {p} {INBOUND_SOURCE_V4};\n" for p in inbound_internal)
@@ -103,6 +183,8 @@ def fragment(settings: DataPathSettings) -> dict[str, Any]:
             "extra_lua_path": f"{s.lua_dir}/?.lua",
             "lua_module_hook": HOOK,
         },
+        "plugins": [*HTTP_PLUGINS, PASSTHROUGH_PLUGIN],
+        "stream_plugins": [*STREAM_PLUGINS, PASSTHROUGH_PLUGIN],
         "nginx_config": {
             "user": f"{s.proxy_user} {s.proxy_group}",
             "http_configuration_snippet": http_snippet,

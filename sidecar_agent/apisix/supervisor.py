@@ -45,6 +45,7 @@ class Supervisor:
     rng: random.Random = field(default_factory=random.Random)
     pid: int | None = field(default=None, init=False)
     starts: int = field(default=0, init=False)
+    reloads: int = field(default=0, init=False)
     _process: asyncio.subprocess.Process | None = field(default=None, init=False)
     _stopping: bool = field(default=False, init=False)
 
@@ -80,6 +81,22 @@ class Supervisor:
         code = await self._process.wait()
         self.pid = None
         return code
+
+    async def reload(self) -> bool:
+        """Apply a regenerated config.yaml without dropping connections: re-run the prepare steps
+        (`apisix init` writes nginx.conf from it), then SIGHUP the master, which starts new workers on the new
+        listeners and lets the old ones finish. False when APISIX is not running or a step failed."""
+        if self._process is None or self._process.returncode is not None:
+            return False  # the next start runs the prepare steps anyway
+        env = dict(self.command.env) if self.command.env is not None else None
+        for step in self.command.prepare:
+            prep = await asyncio.create_subprocess_exec(*step, cwd=self.command.cwd, env=env)
+            if await prep.wait() != 0:
+                log.error("reload: %s failed", " ".join(step))
+                return False
+        self.forward(signal.SIGHUP)
+        self.reloads += 1
+        return True
 
     def forward(self, signum: int) -> None:
         if self._process is not None and self._process.returncode is None:

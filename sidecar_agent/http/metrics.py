@@ -30,6 +30,9 @@ class AgentMetrics:
         self.push_latency = Histogram("amesh_apisix_push_seconds", "time to hand a document to APISIX",
                                       buckets=_LATENCY_BUCKETS, registry=r)
         self.apisix_restarts = Counter("amesh_apisix_restarts", "APISIX processes restarted", registry=r)
+        self.apisix_reloads = Counter("amesh_apisix_reloads",
+                                      "APISIX reloaded for a regenerated config.yaml (new data-path listeners)",
+                                      registry=r)
         # amesh-controller's plugin stream (only moves when --controller-address is set)
         self.plugin_sets = Counter("amesh_plugin_sets", "plugin sets received from amesh-controller",
                                    ["result"], registry=r)  # applied | refused | unchanged

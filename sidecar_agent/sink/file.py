@@ -63,6 +63,7 @@ class FileSink:
 
     def _write(self, text: str) -> int:
         directory = self.path.parent
+        directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
         try:
             os.fchmod(fd, 0o644)  # APISIX's workers run as another user than the agent may

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,6 +51,9 @@ class Pusher:
     recheck_seconds: float = 5.0
     observer: PushObserver = field(default_factory=_Quiet)
     rng: random.Random = field(default_factory=random.Random)
+    # Called with each document before it is queued: the agent regenerates APISIX's config.yaml there when
+    # the document needs listeners APISIX does not have yet (the data path's internal HTTP ports).
+    before_submit: Callable[[Document], None] = lambda document: None
     live: Document | None = field(default=None, init=False)
     ever_complete: bool = field(default=False, init=False)  # a complete document has been live
     pushes: int = field(default=0, init=False)
@@ -60,6 +63,7 @@ class Pusher:
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition, init=False)
 
     def submit(self, document: Document) -> None:
+        self.before_submit(document)
         self._pending = document  # a newer document supersedes one not yet delivered
         self._wake.set()
 

@@ -14,12 +14,18 @@ API (others rely on these names):
   assembled document after small changes (sub-millisecond at 10,000 services); documents share
   objects with each other and with the caches, so treat them as read-only. `with t.bulk():` around
   many `set_*` calls (a first snapshot) pauses the cyclic GC as `load`/`replace_*` do.
+- Data path (docs/data-path.md): `Translator(pod_ips=..., outbound_policy=..., data_path=...)` (and
+  `translate(resources, **same)`) add `stream_routes` (15001 per outbound listener + the ALLOW_ANY
+  catch-all, 15006 inbound) and the inbound HTTP routes; `Translator.data_path_settings` is what
+  config.yaml must be rendered with (`apisix.datapath.needs_reload`). Without `pod_ips` the inbound
+  side is reported, not translated.
 - `TranslationError`: invalid input (the agent NACKs it). Unsupported input is not an error: it is
   translated as far as APISIX allows and reported.
 
 Modules: `listener.py`, `route.py` (+ `match.py`, `action.py`), `cluster.py`, `endpoint.py`,
 `upstream.py` (route policy x cluster x endpoints -> upstream), `document.py` (assembly, `Translator`),
-`ids.py` (stable ids), `report.py` (coverage). docs/translation.md lists what maps to what.
+`ids.py` (stable ids), `report.py` (coverage), `inbound.py` / `stream.py` (the data path),
+`bootstrap.py` (INSTANCE_IPS of a config dump). docs/translation.md lists what maps to what.
 """
 
 from sidecar_agent.translate.document import Translation, Translator, translate

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -61,6 +62,12 @@ class Scope:
 
     vhost: object
     route_config: object
+
+
+# Istio's ORIGINAL_DST clusters; APISIX has none: the amesh-passthrough plugin (sidecar_agent/lua/)
+# sends to the original destination instead (its upstream stays, without nodes, for the reference).
+PASSTHROUGH_CLUSTERS = frozenset({"PassthroughCluster", "InboundPassthroughCluster"})
+PASSTHROUGH_PLUGIN = "amesh-passthrough"
 
 
 def duration(d) -> float:
@@ -114,7 +121,9 @@ def _forward(ra, scope: Scope, action: Action, cov: Coverage, path: str, prefix_
     policy = _policy(ra, scope, cov, path)
     spec = ra.WhichOneof("cluster_specifier")
     if spec == "cluster":
-        action.refs.append(UpstreamRef(ra.cluster, policy))
+        action.refs.append(UpstreamRef(sys.intern(ra.cluster), policy))  # interned: the cluster's own name str
+        if ra.cluster in PASSTHROUGH_CLUSTERS:  # ORIGINAL_DST: the plugin sets the node per request
+            action.plugins[PASSTHROUGH_PLUGIN] = {}
     elif spec == "weighted_clusters":
         wc = ra.weighted_clusters
         entries = []
@@ -123,7 +132,7 @@ def _forward(ra, scope: Scope, action: Action, cov: Coverage, path: str, prefix_
             if not cw.name:
                 continue  # cluster_header inside a weight: reported above
             weight = cw.weight.value if cw.HasField("weight") else 0
-            entries.append((UpstreamRef(cw.name, policy), weight))
+            entries.append((UpstreamRef(sys.intern(cw.name), policy), weight))
         if not entries or sum(w for _, w in entries) == 0:
             raise TranslationError(f"{path}.weighted_clusters: no cluster with a weight above 0")
         if len(entries) > 20:
@@ -172,7 +181,14 @@ def _policy(ra, scope: Scope, cov: Coverage, path: str) -> UpstreamPolicy:
             retry_timeout = timeout
     read = min((c for c in candidates if c > 0), default=None)
     hash_on, hash_key = _hash(ra.hash_policy, cov, f"{path}.hash_policy")
-    return UpstreamPolicy(retries=retries, retry_timeout=retry_timeout, read_timeout=read,
+    return _shared_policy(retries, retry_timeout, read, hash_on, hash_key)
+
+
+@lru_cache(maxsize=4096, typed=True)
+def _shared_policy(retries: int, retry_timeout: float | None, read_timeout: float | None, hash_on: str | None,
+                   hash_key: str | None) -> UpstreamPolicy:
+    """One policy object per value: a mesh's routes use a handful (typed: 5 and 5.0 print differently)."""
+    return UpstreamPolicy(retries=retries, retry_timeout=retry_timeout, read_timeout=read_timeout,
                           hash_on=hash_on, hash_key=hash_key)
 
 

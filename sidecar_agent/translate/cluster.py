@@ -18,6 +18,9 @@
 from __future__ import annotations
 
 import re
+import sys
+from functools import lru_cache
+from typing import Iterable
 
 from sidecar_agent.translate.action import duration
 from sidecar_agent.translate.endpoint import endpoint_nodes
@@ -51,8 +54,10 @@ _5XX = [500, 501, 502, 503, 504, 505]
 _GATEWAY = [502, 503, 504]
 
 
-def translate_cluster(cluster) -> tuple[ClusterPart, tuple[Unsupported, ...]]:
-    name = cluster.name
+def translate_cluster(cluster) -> tuple[ClusterPart, Iterable[Unsupported]]:
+    """The cluster part and its unsupported fields (compact: iterate for the entries)."""
+    # Interned: the same name is read again from EDS, routes and the caches' keys (one str for all).
+    name = sys.intern(cluster.name)
     cov = Coverage("cluster", name)
     cov.unhandled(cluster, _HANDLED, "")
     kind = cluster.WhichOneof("cluster_discovery_type")
@@ -60,12 +65,12 @@ def translate_cluster(cluster) -> tuple[ClusterPart, tuple[Unsupported, ...]]:
     eds_name, static_nodes = None, None
     if kind == "cluster_type":
         cov.add(f"cluster_type[{cluster.cluster_type.name}]")
-        static_nodes = ()
+        static_nodes = []
     elif cluster.type == 3:  # EDS
-        eds_name = cluster.eds_cluster_config.service_name or name
+        eds_name = sys.intern(cluster.eds_cluster_config.service_name) or name
     elif cluster.type == 4:  # ORIGINAL_DST: passthrough, a later issue
         cov.add("type[ORIGINAL_DST]")
-        static_nodes = ()
+        static_nodes = []
     else:
         static_nodes, _ = endpoint_nodes(cluster.load_assignment, cov, "load_assignment")
 
@@ -78,7 +83,7 @@ def translate_cluster(cluster) -> tuple[ClusterPart, tuple[Unsupported, ...]]:
     hashing = lb in (2, 5)
 
     connect = duration(cluster.connect_timeout) if cluster.HasField("connect_timeout") else ENVOY_DEFAULT_CONNECT_TIMEOUT
-    body["timeout"] = {"connect": connect if connect > 0 else ENVOY_DEFAULT_CONNECT_TIMEOUT}
+    body["timeout"] = _connect_timeout(connect if connect > 0 else ENVOY_DEFAULT_CONNECT_TIMEOUT)
 
     if cluster.HasField("outlier_detection"):
         body["checks"] = _checks(cluster.outlier_detection, connect, cov)
@@ -89,8 +94,15 @@ def translate_cluster(cluster) -> tuple[ClusterPart, tuple[Unsupported, ...]]:
     _protocol(cluster, body, cov)
     if labels:
         body["labels"] = dict(sorted(labels.items()))
-    return ClusterPart(name=name, body=body, hashing=hashing, eds_name=eds_name,
-                       static_nodes=static_nodes, tls_auto=tls_auto), cov.entries()
+    mutual = {**body.get("labels", {}), "amesh.tls": "istio-mutual"} if tls_auto else None
+    return ClusterPart(name=name, body=body, hashing=hashing, eds_name=eds_name, static_nodes=static_nodes,
+                       tls_auto=tls_auto, mutual_labels=mutual), cov.compact()
+
+
+@lru_cache(maxsize=256, typed=True)
+def _connect_timeout(connect: float) -> dict:
+    """One dict per value for all clusters (read-only; typed: 5 and 5.0 print differently)."""
+    return {"connect": connect}
 
 
 def _istio_labels(name: str) -> dict:
@@ -98,11 +110,12 @@ def _istio_labels(name: str) -> dict:
     if not parsed:
         return {}
     direction, port, subset, host = parsed.groups()
-    labels = {"istio.direction": direction, "istio.port": port}
+    # Interned: every cluster of a service repeats these values.
+    labels = {"istio.direction": sys.intern(direction), "istio.port": sys.intern(port)}
     if subset:
-        labels["istio.subset"] = subset
+        labels["istio.subset"] = sys.intern(subset)
     if host and _LABEL_VALUE.match(host):
-        labels["istio.host"] = host
+        labels["istio.host"] = sys.intern(host)
     return labels
 
 

@@ -17,20 +17,29 @@ time at 10,000 services). docs/translation.md ("Performance") has the figures.
 from __future__ import annotations
 
 import gc
+import sys
 from bisect import bisect_left
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+import ipaddress
+
+from sidecar_agent.apisix import datapath
 from sidecar_agent.translate import ids
+from sidecar_agent.translate import inbound as inbound_mod
+from sidecar_agent.translate import stream as stream_mod
 from sidecar_agent.translate import upstream as upstream_mod
+from sidecar_agent.translate.action import PASSTHROUGH_CLUSTERS, PASSTHROUGH_PLUGIN
 from sidecar_agent.translate.cluster import translate_cluster
-from sidecar_agent.translate.endpoint import translate_endpoints
+from sidecar_agent.translate.endpoint import NodePool, translate_endpoints
 from sidecar_agent.translate.errors import TranslationError
+from sidecar_agent.translate.index import SmallSets
 from sidecar_agent.translate.listener import ListenerPart, translate_listener
 from sidecar_agent.translate.report import Report, Unsupported
 from sidecar_agent.translate.route import RouteSet, translate_route_config
+from sidecar_agent.translate.stream import OutboundPolicy
 from sidecar_agent.translate.upstream import ClusterPart, EndpointPart, UpstreamRef
 
 
@@ -41,18 +50,48 @@ class Translation:
 
 
 class Translator:
-    """Keeps the translation of every resource; `set_*` / `remove_*` return the ids they touched."""
+    """Keeps the translation of every resource; `set_*` / `remove_*` return the ids they touched.
 
-    def __init__(self) -> None:
+    The data path (docs/data-path.md) is part of the document: `pod_ips` (INSTANCE_IPS) enable the
+    inbound side (virtualInbound -> routes and stream routes on 15006; without them it is reported as
+    not translated), `outbound_policy` overrides the one istiod encodes in virtualOutbound, and
+    `data_path` is the base of the settings config.yaml is rendered from (`data_path_settings`:
+    the HTTP ports of the held listeners, internal ports pinned while they stay)."""
+
+    def __init__(self, *, pod_ips: Sequence[str] = (), outbound_policy: OutboundPolicy | None = None,
+                 data_path: datapath.DataPathSettings | None = None) -> None:
+        bad = [ip for ip in pod_ips if not _is_ip(ip)]
+        if bad:
+            raise ValueError(f"pod IPs {bad} are not IP addresses")
+        if outbound_policy is not None and not isinstance(outbound_policy, OutboundPolicy):
+            raise ValueError(f"outbound_policy {outbound_policy!r} is not an OutboundPolicy")
+        self._pod_ips = tuple(pod_ips)
+        self._policy = outbound_policy
+        self._dp_base = data_path or datapath.DataPathSettings()
+        self._dp_settings = datapath.with_ports(self._dp_base, (), (), self._pod_ips)
+        self._listener_messages: dict[str, Any] = {}  # what stream.py / inbound.py read
+        self._http_port: dict[str, int] = {}  # outbound HTTP listener -> its port
+        self._inbound_clusters: dict[str, Any] = {}  # inbound|P|| clusters (STATIC vs ORIGINAL_DST)
+        # data-path parts by key (an outbound listener's name, "virtualOutbound" for the catch-all,
+        # "virtualInbound"); each part's stream routes and upstreams, counted by id across parts
+        self._dp_parts: dict[str, tuple[tuple[dict, ...], tuple[dict, ...], tuple[Unsupported, ...]]] = {}
+        self._dp_dirty: set[str] = set()
+        self._stream_by_id: dict[str, dict] = {}
+        self._stream_count: Counter[str] = Counter()
+        self._stream_list: list[dict] | None = None
+        self._dp_upstreams: dict[str, dict] = {}  # data-path upstream id -> object
+        self._dp_upstream_count: Counter[str] = Counter()
+        self._pending_dp_upstreams: set[str] = set()
         self._clusters: dict[str, tuple[ClusterPart, tuple[Unsupported, ...]]] = {}
         self._endpoints: dict[str, tuple[EndpointPart, tuple[Unsupported, ...]]] = {}
         self._route_sets: dict[str, RouteSet] = {}
         self._listeners: dict[str, ListenerPart] = {}
         self._notes: tuple[Unsupported, ...] = ()
         self._refs: Counter[UpstreamRef] = Counter()  # references from routes
-        self._eds_users: dict[str, set[str]] = {}  # ClusterLoadAssignment name -> clusters reading it
+        self._eds_users = SmallSets()  # ClusterLoadAssignment name -> clusters reading it
         self._upstreams: dict[UpstreamRef, dict] = {}  # built upstreams, invalidated per cluster
-        self._by_cluster: dict[str, set[UpstreamRef]] = {}
+        self._by_cluster = SmallSets()  # cluster name -> its refs
+        self._nodes = NodePool()  # node dicts shared by endpoint sets listing the same host
         self._plain: dict[str, UpstreamRef] = {}  # each cluster's plain ref, one object (its id computed once)
         # The assembled document: sorted ids and the objects in the same order (None: assemble anew),
         # patched by document() from what changed since (pending ids / refs).
@@ -126,36 +165,41 @@ class Translator:
 
     def set_cluster(self, cluster) -> set[str]:
         part, report = translate_cluster(cluster)
+        if part.name.startswith("inbound|"):
+            self._inbound_clusters[part.name] = cluster
+            self._dp_dirty.add("virtualInbound")
         old = self._clusters.get(part.name)
         if old is not None and old[0].eds_name:
-            self._eds_users.get(old[0].eds_name, set()).discard(part.name)
+            self._eds_users.discard(old[0].eds_name, part.name)
         self._clusters[part.name] = (part, report)
         if part.eds_name:
-            self._eds_users.setdefault(part.eds_name, set()).add(part.name)
+            self._eds_users.add(part.eds_name, part.name)
         plain = self._plain.get(part.name) or self._plain.setdefault(part.name, UpstreamRef(part.name))
-        self._by_cluster.setdefault(part.name, set()).add(plain)
+        self._by_cluster.add(part.name, plain)
         return self._invalidate(part.name)
 
     def remove_cluster(self, name: str) -> set[str]:
+        if self._inbound_clusters.pop(name, None) is not None:
+            self._dp_dirty.add("virtualInbound")
         old = self._clusters.pop(name, None)
         if old is None:
             return set()
         if old[0].eds_name:
-            self._eds_users.get(old[0].eds_name, set()).discard(name)
+            self._eds_users.discard(old[0].eds_name, name)
         touched = self._invalidate(name)
         # Forget the plain ref unless routes still reference it (their upstream stays, without nodes).
-        plain, refs = self._plain.pop(name, None), self._by_cluster.get(name)
-        if plain is not None and refs is not None and self._refs.get(plain, 0) <= 0:
-            refs.discard(plain)
-            if not refs:
-                del self._by_cluster[name]
+        plain = self._plain.pop(name, None)
+        if plain is not None and self._refs.get(plain, 0) <= 0:
+            self._by_cluster.discard(name, plain)
         return touched
 
     def set_endpoints(self, cla) -> set[str]:
-        name = cla.cluster_name
+        name = sys.intern(cla.cluster_name)  # the str the cluster's eds_name already is
         if not name:
             raise TranslationError("ClusterLoadAssignment without cluster_name")
-        self._endpoints[name] = translate_endpoints(cla)
+        self._endpoints[name] = translate_endpoints(cla, resource=name, pool=self._nodes)
+        if self._nodes.needs_sweep():
+            self._nodes.sweep(part.nodes for part, _ in self._endpoints.values())
         touched = set()
         for cluster in self._eds_users.get(name, ()):
             touched |= self._invalidate(cluster)
@@ -179,6 +223,14 @@ class Translator:
 
     def set_listener(self, listener) -> set[str]:
         part = translate_listener(listener)
+        port = stream_mod.http_port(listener)
+        self._check_data_path(listener)  # invalid input raises here, not in a later document()
+        self._listener_messages[part.name] = listener
+        if port is None:
+            self._http_port.pop(part.name, None)
+        else:
+            self._http_port[part.name] = port
+        self._dp_dirty.add(part.name)
         touched = set()
         if part.name == "virtualOutbound":
             self._reassemble()
@@ -191,6 +243,9 @@ class Translator:
         return touched
 
     def remove_listener(self, name: str) -> set[str]:
+        if self._listener_messages.pop(name, None) is not None:
+            self._http_port.pop(name, None)
+            self._dp_dirty.add(name)
         old = self._listeners.pop(name, None)
         if name == "virtualOutbound":
             self._reassemble()
@@ -201,10 +256,133 @@ class Translator:
 
     # --- output ---------------------------------------------------------------------------------
 
+    @property
+    def data_path_settings(self) -> datapath.DataPathSettings:
+        """The settings this translation's internal ports come from: render config.yaml with them
+        (`datapath.needs_reload(old, new)`: regenerate it and reload APISIX when they change)."""
+        self._sync_data_path()
+        return self._dp_settings
+
     def document(self) -> dict:
         """The whole APISIX document; shares its objects with the caches and earlier documents (read-only)."""
         with _bulk():
-            return {"routes": list(self._assembled_routes()), "upstreams": list(self._assembled_upstreams())}
+            self._sync_data_path()
+            routes, upstreams = list(self._assembled_routes()), list(self._assembled_upstreams())
+            stream_routes = self._assembled_stream_routes()
+            if not stream_routes:
+                return {"routes": routes, "upstreams": upstreams}
+            return {"routes": routes, "stream_routes": list(stream_routes), "upstreams": upstreams}
+
+    # --- the data path: stream routes on 15001/15006, inbound HTTP routes ----------------------
+
+    def _sync_data_path(self) -> None:
+        """Recompute the data-path parts whose input changed since the last call (lazily: a burst of
+        set_* calls costs one recomputation). A listener recomputes its own stream route; a change
+        of the HTTP port set re-pins the internal ports and recomputes the listeners whose port's
+        internal listener moved (none, with pinning, unless a port came or went) and the inbound side."""
+        dirty = self._dp_dirty
+        if not dirty:
+            return
+        old = self._dp_settings
+        inbound_ports: tuple[int, ...] = ()
+        virtual_inbound = self._listener_messages.get("virtualInbound")
+        if virtual_inbound is not None and self._pod_ips:
+            inbound_ports = inbound_mod.http_ports(virtual_inbound)
+        new = datapath.with_ports(self._dp_base, self._http_port.values(), inbound_ports, self._pod_ips, old)
+        if new != old:
+            moved = datapath.internal_ports(old).items() ^ datapath.internal_ports(new).items()
+            moved_out = {port for (direction, port), _ in moved if direction is datapath.Direction.OUTBOUND}
+            dirty.update(name for name, port in self._http_port.items() if port in moved_out)
+            if any(direction is datapath.Direction.INBOUND for (direction, _), _ in moved):
+                dirty.add("virtualInbound")
+            self._dp_settings = new
+        internal = datapath.internal_ports(self._dp_settings)
+        outbound = {p: i for (d, p), i in internal.items() if d is datapath.Direction.OUTBOUND}
+        for key in sorted(dirty):
+            listener = self._listener_messages.get(key)
+            if key == "virtualInbound":
+                self._set_dp_part(key, self._inbound_part(internal))
+            elif listener is None:
+                self._swap_route_set(f"datapath:{key}", None)
+                self._set_dp_part(key, None)
+            else:
+                if key == "virtualOutbound":
+                    part = stream_mod.translate_catch_all(self._policy or stream_mod.policy_of(listener))
+                else:
+                    part = stream_mod.translate_listener_stream(listener, outbound,
+                                                                self._dp_settings.outbound_http_ports)
+                # a TCP service's cluster upstream is referenced like a route's (nodes: [] if missing)
+                refs = frozenset(self._plain.get(c) or UpstreamRef(c) for c in part.clusters)
+                self._swap_route_set(f"datapath:{key}", RouteSet(key, (), refs, ()) if refs else None)
+                self._set_dp_part(key, (part.stream_routes, part.upstreams, part.report))
+        dirty.clear()
+
+    def _check_data_path(self, listener) -> None:
+        if listener.name == "virtualInbound":
+            if self._pod_ips:
+                ports = {p: 0 for p in inbound_mod.http_ports(listener)}
+                inbound_mod.translate_inbound(listener, self._pod_ips, ports, self._inbound_clusters)
+        elif listener.name != "virtualOutbound":
+            port = listener.address.socket_address.port_value
+            stream_mod.translate_listener_stream(listener, {port: 0})
+
+    def _inbound_part(self, internal):
+        listener = self._listener_messages.get("virtualInbound")
+        if listener is None:
+            return None
+        if not self._pod_ips:
+            return (), (), (Unsupported("listener", "virtualInbound",
+                                        "listener[inbound: pod IPs unknown (INSTANCE_IPS), not translated]", 1),)
+        ports = {p: i for (d, p), i in internal.items() if d is datapath.Direction.INBOUND}
+        part = inbound_mod.translate_inbound(listener, self._pod_ips, ports, self._inbound_clusters)
+        self._swap_route_set("datapath:virtualInbound",
+                             RouteSet("virtualInbound", part.routes, frozenset(), ()))
+        return part.stream_routes, part.upstreams, part.report
+
+    def _set_dp_part(self, key: str, part) -> None:
+        old = self._dp_parts.pop(key, None)
+        if key == "virtualInbound" and (part is None or not part[0]):
+            self._swap_route_set("datapath:virtualInbound", None)
+        if part is not None:
+            self._dp_parts[key] = part
+        old_routes, old_upstreams = (old[0], old[1]) if old else ((), ())
+        new_routes, new_upstreams = (part[0], part[1]) if part else ((), ())
+        if old_routes != new_routes:
+            self._stream_list = None
+            for route in old_routes:
+                self._stream_count[route["id"]] -= 1
+                if self._stream_count[route["id"]] <= 0:
+                    del self._stream_count[route["id"]]
+                    self._stream_by_id.pop(route["id"], None)
+            for route in new_routes:
+                self._stream_count[route["id"]] += 1
+                self._stream_by_id[route["id"]] = route
+        if old_upstreams == new_upstreams:  # equal: keep the objects documents already hold
+            if part is not None and old is not None:
+                self._dp_parts[key] = (part[0] if old_routes != new_routes else old_routes, old_upstreams, part[2])
+            return
+        if old_routes == new_routes and old is not None and part is not None:
+            self._dp_parts[key] = (old_routes, part[1], part[2])
+        for upstream in old_upstreams:
+            upstream_id = upstream["id"]
+            self._dp_upstream_count[upstream_id] -= 1
+            if self._dp_upstream_count[upstream_id] <= 0:
+                del self._dp_upstream_count[upstream_id]
+                self._dp_upstreams.pop(upstream_id, None)
+            self._pending_dp_upstreams.add(upstream_id)
+        for upstream in new_upstreams:
+            self._dp_upstream_count[upstream["id"]] += 1
+            self._dp_upstreams[upstream["id"]] = upstream
+            self._pending_dp_upstreams.add(upstream["id"])
+
+    def _assembled_stream_routes(self) -> list[dict]:
+        # stream routes are one per listener (not per route): re-sorted only when one changed
+        if self._stream_list is None:
+            duplicated = [i for i, n in self._stream_count.items() if n > 1]
+            if duplicated:
+                raise TranslationError(f"two listeners produce stream route id {sorted(duplicated)[0]}")
+            self._stream_list = [self._stream_by_id[i] for i in sorted(self._stream_by_id)]
+        return self._stream_list
 
     def _assembled_routes(self) -> list[dict]:
         routes = self._routes_cache
@@ -245,9 +423,23 @@ class Translator:
 
     def _assembled_upstreams(self) -> list[dict]:
         pending = self._pending_upstreams
-        if self._upstream_ids is None or len(pending) > _patch_limit(len(self._upstream_list)):
+        if self._upstream_ids is None or len(pending) + len(self._pending_dp_upstreams) > \
+                _patch_limit(len(self._upstream_list)):
             return self._assemble_upstreams()
         order, upstreams = self._upstream_ids, self._upstream_list
+        for upstream_id in self._pending_dp_upstreams:
+            at = bisect_left(order, upstream_id)
+            present = at < len(order) and order[at] == upstream_id
+            built = self._dp_upstreams.get(upstream_id)
+            if built is None:
+                if present:
+                    del order[at], upstreams[at]
+            elif present:
+                upstreams[at] = built
+            else:
+                order.insert(at, upstream_id)
+                upstreams.insert(at, built)
+        self._pending_dp_upstreams.clear()
         for ref in pending:  # any order: each lands at its sorted place
             upstream_id = ref.id
             at = bisect_left(order, upstream_id)
@@ -268,17 +460,22 @@ class Translator:
         wanted = {self._plain.get(name) or UpstreamRef(name) for name in self._clusters}
         wanted.update(UpstreamRef(r["name"].split("/", 1)[1]) for r in self._fallback_routes())
         wanted.update(ref for ref, count in self._refs.items() if count > 0)
-        refs = sorted(wanted, key=_ref_key)
-        upstreams = []
-        for ref in refs:
+        pairs = []
+        for ref in wanted:
             built = self._upstreams.get(ref)
             if built is None:
                 built = self._build(ref)
-            upstreams.append(built)
-        self._upstream_ids = [ref.id for ref in refs]
-        self._upstream_list = upstreams
+            pairs.append((ref.id, built))
+        pairs += self._dp_upstreams.items()
+        pairs.sort(key=_first)
+        for before, after in zip(pairs, pairs[1:]):
+            if before[0] == after[0]:
+                raise TranslationError(f"two upstreams share the id {after[0]}")
+        self._upstream_ids = [upstream_id for upstream_id, _ in pairs]
+        self._upstream_list = [built for _, built in pairs]
         self._pending_upstreams.clear()
-        return upstreams
+        self._pending_dp_upstreams.clear()
+        return self._upstream_list
 
     def _wanted(self, ref: UpstreamRef) -> bool:
         """Is `ref`'s upstream in the document: a cluster's plain upstream, referenced, or the fallback's."""
@@ -314,11 +511,15 @@ class Translator:
         if len(targets) != 1:
             return []
         ref = UpstreamRef(targets[0])
-        return [{"id": ids.stable_id("r", "virtualOutbound", ref.cluster), "name": f"virtualOutbound/{ref.cluster}",
-                 "priority": 0, "uris": ["/*"], "upstream_id": ref.id}]
+        route = {"id": ids.stable_id("r", "virtualOutbound", ref.cluster), "name": f"virtualOutbound/{ref.cluster}",
+                 "priority": 0, "uris": ["/*"], "upstream_id": ref.id}
+        if ref.cluster in PASSTHROUGH_CLUSTERS:
+            route["plugins"] = {PASSTHROUGH_PLUGIN: {}}
+        return [route]
 
     def report(self) -> Report:
         with _bulk():
+            self._sync_data_path()
             return self._report()
 
     def _report(self) -> Report:
@@ -327,6 +528,7 @@ class Translator:
         groups += [r for _, r in self._endpoints.values()]
         groups += [rs.report for rs in self._route_sets.values()]
         groups += [lp.report for lp in self._listeners.values()]
+        groups += [part[2] for part in self._dp_parts.values()]
         missing = Counter(ref.cluster for ref, n in self._refs.items() if n > 0 and ref.cluster not in self._clusters)
         groups.append([Unsupported("cluster", name, "(missing: routes reference it, CDS has no such cluster)", n)
                        for name, n in missing.items()])
@@ -388,17 +590,17 @@ class Translator:
                 del self._refs[ref]
                 self._pending_upstreams.add(ref)
                 if ref.policy != upstream_mod.DEFAULT_POLICY:
-                    self._by_cluster.get(ref.cluster, set()).discard(ref)
+                    self._by_cluster.discard(ref.cluster, ref)
                     self._upstreams.pop(ref, None)
         for ref in new_refs - old_refs:
             self._refs[ref] += 1
             if self._refs[ref] == 1:
                 self._pending_upstreams.add(ref)
-            self._by_cluster.setdefault(ref.cluster, set()).add(ref)
+            self._by_cluster.add(ref.cluster, ref)
         return touched
 
     def _invalidate(self, cluster: str) -> set[str]:
-        refs = self._by_cluster.get(cluster, set())
+        refs = self._by_cluster.get(cluster, ())
         for ref in refs:
             self._upstreams.pop(ref, None)
         self._pending_upstreams.update(refs)
@@ -420,8 +622,16 @@ def _route_key(route: dict) -> str:
     return route["id"]
 
 
-def _ref_key(ref: UpstreamRef) -> tuple[str, UpstreamRef]:
-    return ref.id, ref
+def _first(pair: tuple[str, dict]) -> str:
+    return pair[0]
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _patch_limit(size: int) -> int:
@@ -441,6 +651,6 @@ def _bulk() -> Iterator[None]:
             gc.enable()
 
 
-def translate(resources) -> Translation:
-    """Translate a whole configdump.XdsResources at once."""
-    return Translator().load(resources).translation()
+def translate(resources, **options) -> Translation:
+    """Translate a whole configdump.XdsResources at once (`options`: Translator's keyword arguments)."""
+    return Translator(**options).load(resources).translation()

@@ -12,6 +12,8 @@ No endpoints gives no nodes: APISIX answers 503, as Envoy does, and never keeps 
 from __future__ import annotations
 
 import re
+import sys
+from typing import Iterable
 
 from sidecar_agent.translate.report import Coverage, Unsupported
 from sidecar_agent.translate.upstream import EndpointPart
@@ -21,14 +23,16 @@ _HOST_DEF = re.compile(r"^\*?[0-9a-zA-Z-._\[\]:]+$")
 _TLS_MATCH = "envoy.transport_socket_match"
 
 
-def translate_endpoints(cla, kind: str = "endpoints", resource: str | None = None,
-                        path: str = "") -> tuple[EndpointPart, tuple[Unsupported, ...]]:
-    cov = Coverage(kind, resource or cla.cluster_name)
-    nodes, tls_marks = endpoint_nodes(cla, cov, path)
+def translate_endpoints(cla, kind: str = "endpoints", resource: str | None = None, path: str = "",
+                        pool: "NodePool | None" = None) -> tuple[EndpointPart, Iterable[Unsupported]]:
+    """The endpoint set and its unsupported fields (compact: iterate for the entries); `pool`: node
+    dicts to share with other endpoint sets."""
+    cov = Coverage(kind, resource or sys.intern(cla.cluster_name))
+    nodes, tls_marks = endpoint_nodes(cla, cov, path, pool)
     istio = sum(tls_marks)
     part = EndpointPart(nodes=nodes, istio_tls=bool(nodes) and istio == len(nodes),
                         mixed_tls=0 < istio < len(nodes))
-    return part, cov.entries()
+    return part, cov.compact()
 
 
 _CLA_HANDLED = frozenset({"cluster_name", "endpoints"})
@@ -37,7 +41,8 @@ _LBE_HANDLED = frozenset({"endpoint", "health_status", "load_balancing_weight", 
 _ENDPOINT_HANDLED = frozenset({"address", "hostname"})
 
 
-def endpoint_nodes(cla, cov: Coverage, path: str = "") -> tuple[tuple[dict, ...], list[bool]]:
+def endpoint_nodes(cla, cov: Coverage, path: str = "", pool: "NodePool | None" = None) -> tuple[list[dict], list[bool]]:
+    """The nodes (a list the upstreams share, read-only) and whether each has tlsMode=istio."""
     prefix = f"{path}." if path else ""
     cov.unhandled(cla, _CLA_HANDLED, path)
     # Runs for every endpoint of the mesh: paths and coverage plans looked up once per assignment, the
@@ -93,13 +98,52 @@ def endpoint_nodes(cla, cov: Coverage, path: str = "") -> tuple[tuple[dict, ...]
             else:
                 merged[key] = [weight, tls]
     nodes, marks = [], []
+    shared = pool.node if pool is not None else _node
     for (priority, host, port), (weight, tls) in sorted(merged.items()):  # keys are unique: values never compared
-        node = {"host": host, "port": port, "weight": weight}
-        if priority:
-            node["priority"] = -priority
-        nodes.append(node)
+        nodes.append(shared(host, port, weight, priority))
         marks.append(tls)
-    return tuple(nodes), marks
+    return nodes, marks
+
+
+def _node(host: str, port: int, weight: int, priority: int) -> dict:
+    node = {"host": host, "port": port, "weight": weight}
+    if priority:
+        node["priority"] = -priority
+    return node
+
+
+class NodePool:
+    """Node dicts shared among endpoint sets (read-only): a service's ClusterLoadAssignment and its
+    subsets' list the same pods, and a node dict costs 184 bytes (at 10,000 services half of the
+    200,000 nodes are repeats). One entry per host, the first node seen for it: a host listed with
+    another port, weight or priority gets a dict of its own. The owner calls `sweep` with the node
+    lists still held when `needs_sweep` says the pool has doubled since the last sweep, so hosts that
+    went away (pods replaced) do not pile up."""
+
+    def __init__(self) -> None:
+        self._by_host: dict[str, dict] = {}
+        self._kept = 0  # entries after the last sweep
+
+    def node(self, host: str, port: int, weight: int, priority: int) -> dict:
+        found = self._by_host.get(host)
+        if found is not None:
+            if found["port"] == port and found["weight"] == weight and found.get("priority", 0) == -priority:
+                return found
+            return _node(host, port, weight, priority)
+        node = self._by_host[host] = _node(host, port, weight, priority)
+        return node
+
+    def __len__(self) -> int:
+        return len(self._by_host)
+
+    def needs_sweep(self) -> bool:
+        return len(self._by_host) > 2 * self._kept + 4096
+
+    def sweep(self, held: Iterable[Iterable[dict]]) -> None:
+        """Forget the nodes no list of `held` (every endpoint set's nodes) contains."""
+        live = {id(node) for nodes in held for node in nodes}
+        self._by_host = {host: node for host, node in self._by_host.items() if id(node) in live}
+        self._kept = len(self._by_host)
 
 
 _PORTS: dict[int, int] = {}  # one int object per port number for the 100,000s of nodes
@@ -119,9 +163,10 @@ def _socket(address, cov: Coverage, path: str) -> tuple[str, int] | None:
     if not 0 < port < 65536 or sa.WhichOneof("port_specifier") != "port_value":
         cov.add(f"{path}.socket_address.named_port")
         return None
-    host = sa.address
+    # Interned: one str per address however many endpoint sets (a service's and its subsets') list it.
+    host = sys.intern(sa.address)
     if ":" in host:  # only IPv6 literals hold a colon; DNS names (STRICT_DNS) are resolved by APISIX
-        host = f"[{host}]"
+        host = sys.intern(f"[{host}]")
     if not _HOST_DEF.match(host):
         cov.add(f"{path}.socket_address.address[not a valid APISIX node host]")
         return None

@@ -27,7 +27,7 @@ from sidecar_agent.translate import upstream as upstream_mod
 from sidecar_agent.translate.errors import TranslationError
 from sidecar_agent.translate.report import Coverage, Unsupported
 from sidecar_agent.translate.route import translate_route_config
-from sidecar_agent.translate.stream import PASSTHROUGH_LABEL
+from sidecar_agent.translate.stream import PASSTHROUGH_LABEL, PLUGIN
 from sidecar_agent.xds import types
 
 _HCM_URL = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -83,7 +83,9 @@ def translate_inbound(listener, pod_ips: Sequence[str], internal: Mapping[int, i
     # undeclared ports: to the original port on the pod (passthrough plugin sets the node)
     passthrough = _upstream("amesh-passthrough|inbound", [], dict(PASSTHROUGH_LABEL, **{"amesh.bind": target[1]}))
     upstreams[passthrough["id"]] = passthrough
-    stream_routes += _stream_routes("inbound|passthrough", pod_ips, None, passthrough["id"])
+    for route in _stream_routes("inbound|passthrough", pod_ips, None, passthrough["id"]):
+        route["plugins"] = {PLUGIN: {}}
+        stream_routes.append(route)
     return InboundPart(tuple(sorted(routes, key=lambda r: r["id"])),
                        tuple(sorted(stream_routes, key=lambda r: r["id"])),
                        tuple(upstreams[k] for k in sorted(upstreams)), http_ports(listener), cov.entries())
@@ -191,7 +193,11 @@ def _http_routes(route_config, port: int, target: tuple[str, str], clusters: Map
         upstreams[app["id"]] = app
         replaced[ref.id] = app["id"]
     scope = [[DIRECTION_VAR, "==", "inbound"], [PORT_VAR, "==", port]]
-    out = []
+    # Below every inbound route of the port, above every outbound one: an inbound request no inbound
+    # route takes answers 404 (as Envoy's inbound listener) instead of falling to an outbound route.
+    out = [{"id": ids.stable_id("r", f"inbound|{port}|catch-all"), "name": f"inbound|{port}/catch-all",
+            "priority": INBOUND_PRIORITY, "uris": ["/*"], "vars": [list(v) for v in scope],
+            "plugins": {"fault-injection": {"abort": {"http_status": 404, "body": ""}}}}]
     for route in translated.routes:
         route = copy.deepcopy(route)
         route["vars"] = scope + route.get("vars", [])

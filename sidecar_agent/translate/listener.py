@@ -2,10 +2,10 @@
 
 Outbound HTTP listeners (Istio's `0.0.0.0_9080`) carry an HttpConnectionManager naming an RDS route
 configuration; those route configurations are translated by route.py. An inline `route_config` is
-translated here. Inbound listeners (`virtualInbound`, `traffic_direction: INBOUND`), `tcp_proxy`
-chains (TCP services, `PassthroughCluster` in `virtualOutbound`) and other network filters belong to the
-data-path issue (stream routes): they are reported as unsupported, and `ListenerPart.tcp` keeps the
-clusters they name for that later step.
+translated here. Inbound listeners (`virtualInbound`, `traffic_direction: INBOUND`) are translated by
+inbound.py and `tcp_proxy` chains (TCP services, `PassthroughCluster` in `virtualOutbound`) by
+stream.py, both wired in by document.py; `ListenerPart.tcp` keeps the clusters tcp_proxy names (the
+HTTP fallback route reads virtualOutbound's). Network filters other than those two are reported here.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def translate_listener(listener) -> ListenerPart:
     name = listener.name
     cov = Coverage("listener", name)
     if name == "virtualInbound" or listener.traffic_direction == 1:  # INBOUND
-        cov.add("listener[inbound: not translated yet]")
+        if name != "virtualInbound":  # inbound.py translates (and reports) virtualInbound only
+            cov.add("listener[inbound listener other than virtualInbound: not translated]")
         return ListenerPart(name, (), (), (), cov.entries())
     rds: set[str] = set()
     inline: list[RouteSet] = []
@@ -49,9 +50,7 @@ def translate_listener(listener) -> ListenerPart:
             if url == _HCM_URL or network_filter.name == types.HTTP_CONNECTION_MANAGER:
                 _hcm(network_filter, name, rds, inline, cov)
             elif url == _TCP_URL or network_filter.name == types.TCP_PROXY:
-                cluster = _tcp_cluster(network_filter)
-                tcp.add(cluster)
-                cov.add(f"filter_chains.filters[tcp_proxy -> {cluster}]")
+                tcp.add(_tcp_cluster(network_filter))  # stream.py makes its stream route
             else:
                 cov.add(f"filter_chains.filters[{network_filter.name or url}]")
     return ListenerPart(name, tuple(sorted(rds)), tuple(inline), tuple(sorted(tcp)), cov.entries())

@@ -61,6 +61,9 @@ _ROUTE_HANDLED = frozenset({"name", "match", "route", "redirect", "direct_respon
 PORT_VAR: str | None = "original_dst_port"
 _PORT_NAME = re.compile(r"^(?:.*:)?(\d{1,5})$")
 NOT_FOUND = {"fault-injection": {"abort": {"http_status": 404, "body": ""}}}
+# Documents are read-only, so every route holds these very objects (one fewer list or dict per route).
+_URIS = ["/*"]
+_NOT_FOUND_PLUGINS = {k: {"abort": dict(v["abort"])} for k, v in NOT_FOUND.items()}
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,7 @@ def translate_route_config(rc, previous: RouteSet | None = None) -> RouteSet:
     translation) are taken from it."""
     name = rc.name
     cov = Coverage("route_config", name)
-    scope_vars = port_scope(name)
+    scope_vars = [list(c) for c in port_scope(name)]  # one list each, for every route of `rc`
     cov.unhandled(rc, _RC_HANDLED, "")
     _report_per_filter(rc, cov, "")
     context = _context(rc)
@@ -212,8 +215,9 @@ def _context(rc) -> bytes:
     return "\x1f".join(out).encode()
 
 
-def _vhost_part(rc, vhost, vhost_name: str, domains: tuple[str, ...], scope_vars: list[tuple],
+def _vhost_part(rc, vhost, vhost_name: str, domains: tuple[str, ...], scope_vars: list[list],
                 same_counts: dict[tuple, tuple]) -> VhostPart:
+    """`scope_vars`: the route configuration's conditions, as the lists its routes share."""
     name = rc.name
     cov = Coverage("route_config", name)
     cov.unhandled(vhost, _VHOST_HANDLED, "virtual_hosts")
@@ -230,12 +234,14 @@ def _vhost_part(rc, vhost, vhost_name: str, domains: tuple[str, ...], scope_vars
     refs: set[UpstreamRef] = set()
     for band, band_domains in sorted(groups.items(), reverse=True):
         hosts, host_vars = host_condition(band_domains, rc.ignore_port_in_host_matching)
-        host_vars = scope_vars + host_vars
+        # The band's `hosts` list and `vars` conditions are shared by all its routes (read-only); a route
+        # without conditions of its own shares the whole `vars` list with the catch-all.
+        band_vars = scope_vars + [list(c) for c in host_vars]
         group = f"band{band}"
         for index, (route_name, route_vars, action) in translated:
             obj = _route_object(ids.route_id(name, vhost_name, group, index, route_name),
                                 f"{name}/{vhost_name}/{route_name}", band * STRIDE + count - index,
-                                hosts, host_vars + route_vars)
+                                hosts, band_vars + [list(c) for c in route_vars] if route_vars else band_vars)
             if action.refs:
                 obj["upstream_id"] = action.refs[0].id
                 refs.update(action.refs)
@@ -246,8 +252,8 @@ def _vhost_part(rc, vhost, vhost_name: str, domains: tuple[str, ...], scope_vars
                 obj["enable_websocket"] = True
             routes.append(obj)
         catch_all = _route_object(ids.route_id(name, vhost_name, group, -1, "404"),
-                                  f"{name}/{vhost_name}/404", band * STRIDE, hosts, host_vars)
-        catch_all["plugins"] = {k: {"abort": dict(v["abort"])} for k, v in NOT_FOUND.items()}
+                                  f"{name}/{vhost_name}/404", band * STRIDE, hosts, band_vars)
+        catch_all["plugins"] = _NOT_FOUND_PLUGINS
         routes.append(catch_all)
     counts = cov.counts()
     return VhostPart(tuple(routes), frozenset(refs), same_counts.setdefault(counts, counts))
@@ -286,10 +292,11 @@ def _uri_prefix(match) -> str | None:
             "path_separated_prefix": match.path_separated_prefix}.get(kind)
 
 
-def _route_object(route_id: str, name: str, priority: int, hosts: list[str] | None, conditions: list[tuple]) -> dict:
-    obj: dict = {"id": route_id, "name": name[:256], "priority": priority, "uris": ["/*"]}
+def _route_object(route_id: str, name: str, priority: int, hosts: list[str] | None, conditions: list[list]) -> dict:
+    """`hosts` and `conditions` are held as given: shared with the other routes of the band."""
+    obj: dict = {"id": route_id, "name": name[:256], "priority": priority, "uris": _URIS}
     if hosts:
-        obj["hosts"] = list(hosts)
+        obj["hosts"] = hosts
     if conditions:
-        obj["vars"] = [list(c) for c in conditions]
+        obj["vars"] = conditions
     return obj

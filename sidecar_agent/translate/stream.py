@@ -12,9 +12,10 @@ original destination as server_addr/server_port (the Lua hook). What Envoy does 
 | `virtualOutbound` tcp_proxy BlackHoleCluster      | REGISTRY_ONLY: no catch-all; APISIX resets the connection |
 
 Passthrough upstreams carry `labels: {amesh.passthrough: original-dst}` and no nodes: APISIX has no
-ORIGINAL_DST upstream; the passthrough plugin that sets the node from the original destination is
-not built yet (docs/data-path.md). TCP clusters reference the upstreams the Translator already builds
-for every CDS cluster (`ids.upstream_id(cluster)`).
+ORIGINAL_DST upstream, so every route to one carries the `amesh-passthrough` plugin
+(sidecar_agent/lua/apisix/plugins/), which sets the node from the original destination in preread.
+TCP clusters reference the upstreams the Translator already builds for every CDS cluster
+(`ids.upstream_id(cluster)`). Network filters other than HCM/tcp_proxy are reported by listener.py.
 """
 
 from __future__ import annotations
@@ -31,10 +32,9 @@ from sidecar_agent.xds import types
 
 _HCM_URL = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _TCP_URL = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-# Network filters that need nothing on the APISIX side (telemetry / peer metadata).
-_NETWORK_FILTERS_IGNORED = {"istio.stats", "istio.metadata_exchange"}
 PASSTHROUGH, BLACKHOLE = "PassthroughCluster", "BlackHoleCluster"
 PASSTHROUGH_LABEL = {"amesh.passthrough": "original-dst"}
+PLUGIN = "amesh-passthrough"  # sidecar_agent/lua/apisix/plugins/amesh-passthrough.lua
 INBOUND = 1
 
 
@@ -52,15 +52,13 @@ class StreamPart:
     http_ports: tuple[int, ...]  # outbound ports served as HTTP: DataPathSettings.outbound_http_ports
     policy: OutboundPolicy
     report: tuple[Unsupported, ...]
+    clusters: tuple[str, ...] = ()  # CDS clusters the stream routes send to (their upstreams: the Translator's)
 
 
 def http_ports(listeners: Mapping[str, object]) -> tuple[int, ...]:
     """Outbound ports istiod serves with an HTTP connection manager (feed DataPathSettings first)."""
-    ports = set()
-    for listener in listeners.values():
-        if _outbound(listener) and any(kind == "http" for kind, _ in _chains(listener)):
-            ports.add(listener.address.socket_address.port_value)
-    return tuple(sorted(ports))
+    ports = {http_port(listener) for listener in listeners.values()}
+    return tuple(sorted(p for p in ports if p is not None))
 
 
 def translate_outbound_stream(listeners: Mapping[str, object], internal: Mapping[int, int],
@@ -72,47 +70,82 @@ def translate_outbound_stream(listeners: Mapping[str, object], internal: Mapping
     entries: list[Unsupported] = []
     ports = http_ports(listeners)
     for name in sorted(listeners):
-        listener = listeners[name]
-        if not _outbound(listener) or name == "virtualOutbound":
-            continue
-        cov = Coverage("listener", name)
-        address = listener.address.socket_address
-        addr, port = address.address, address.port_value
-        if not 0 < port < 65536:
-            raise TranslationError(f"listener {name!r}: port {port} is not a port number")
-        match = {"server_port": port}
-        if addr and ipaddress.ip_address(addr) not in (ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::")):
-            match = {"server_addr": addr, "server_port": port}
-        chains = _chains(listener, cov)
-        if len(chains) > 1:
-            cov.add(f"filter_chains[{len(chains)} chains: only the first is routed]")
-        if not chains:
-            entries += cov.entries()
-            continue
-        kind, target = chains[0]
-        route = {"id": ids.stable_id("sr", name, kind, target), "name": f"{name}/{kind}", **match}
-        if kind == "http":
-            if port not in internal:
-                raise TranslationError(f"listener {name!r}: HTTP port {port} has no internal listener "
-                                       f"(regenerate conf/config.yaml with outbound_http_ports {list(ports)})")
-            upstream = _internal_upstream(port, internal[port])
-            upstreams[upstream["id"]] = upstream
-            route["upstream_id"] = upstream["id"]
-        elif target == PASSTHROUGH:
-            route["upstream_id"] = _passthrough(upstreams)["id"]
-        else:
-            route["upstream_id"] = ids.upstream_id(target)
-        routes.append(route)
-        entries += cov.entries()
-    resolved = policy or _policy_of(listeners.get("virtualOutbound"))
-    if resolved is OutboundPolicy.ALLOW_ANY:
-        upstream_id = _passthrough(upstreams)["id"]
-        for cidr in ("0.0.0.0/0", "::/0"):
-            routes.append({"id": ids.stable_id("sr", "virtualOutbound", cidr), "name": f"virtualOutbound/{cidr}",
-                           "server_addr": cidr, "upstream_id": upstream_id})
+        part = translate_listener_stream(listeners[name], internal, ports)
+        routes += part.stream_routes
+        upstreams.update((u["id"], u) for u in part.upstreams)
+        entries += part.report
+    resolved = policy or policy_of(listeners.get("virtualOutbound"))
+    catch_all = translate_catch_all(resolved)
+    routes += catch_all.stream_routes
+    upstreams.update((u["id"], u) for u in catch_all.upstreams)
     routes.sort(key=lambda r: r["id"])
     return StreamPart(tuple(routes), tuple(upstreams[k] for k in sorted(upstreams)), ports, resolved,
                       tuple(sorted(entries)))
+
+
+def http_port(listener) -> int | None:
+    """The port of an outbound listener istiod serves with an HTTP connection manager, else None."""
+    if _outbound(listener) and listener.name != "virtualOutbound" and any(kind == "http" for kind, _ in
+                                                                          _chains(listener)):
+        return listener.address.socket_address.port_value
+    return None
+
+
+def translate_listener_stream(listener, internal: Mapping[int, int], ports: tuple[int, ...] = ()) -> StreamPart:
+    """One outbound listener's stream route (none for virtualOutbound, inbound or chain-less ones).
+
+    Only this listener and, for an HTTP one, its port's internal listener are read: the Translator
+    recomputes a listener's part when it or that mapping changes."""
+    name = listener.name
+    if not _outbound(listener) or name == "virtualOutbound":
+        return StreamPart((), (), (), OutboundPolicy.ALLOW_ANY, ())
+    cov = Coverage("listener", name)
+    address = listener.address.socket_address
+    addr, port = address.address, address.port_value
+    if not 0 < port < 65536:
+        raise TranslationError(f"listener {name!r}: port {port} is not a port number")
+    match: dict = {"server_port": port}
+    try:
+        unspecified = not addr or ipaddress.ip_address(addr).is_unspecified
+    except ValueError:
+        raise TranslationError(f"listener {name!r}: address {addr!r} is not an IP address") from None
+    if not unspecified:
+        match = {"server_addr": addr, "server_port": port}
+    chains = _chains(listener, cov)
+    if len(chains) > 1:
+        cov.add(f"filter_chains[{len(chains)} chains: only the first is routed]")
+    if not chains:
+        return StreamPart((), (), (), OutboundPolicy.ALLOW_ANY, cov.entries())
+    kind, target = chains[0]
+    route = {"id": ids.stable_id("sr", name, kind, target), "name": f"{name}/{kind}", **match}
+    upstreams: dict[str, dict] = {}
+    if kind == "http":
+        if port not in internal:
+            raise TranslationError(f"listener {name!r}: HTTP port {port} has no internal listener "
+                                   f"(regenerate conf/config.yaml with outbound_http_ports {list(ports)})")
+        upstream = _internal_upstream(port, internal[port])
+        upstreams[upstream["id"]] = upstream
+        route["upstream_id"] = upstream["id"]
+    elif target == PASSTHROUGH:
+        route["upstream_id"] = _passthrough(upstreams)["id"]
+        route["plugins"] = {PLUGIN: {}}
+    else:
+        route["upstream_id"] = ids.upstream_id(target)
+        return StreamPart((route,), (), (), OutboundPolicy.ALLOW_ANY, cov.entries(), (target,))
+    return StreamPart((route,), tuple(upstreams.values()), (), OutboundPolicy.ALLOW_ANY, cov.entries())
+
+
+def translate_catch_all(policy: OutboundPolicy) -> StreamPart:
+    """What no outbound listener takes: ALLOW_ANY passes it to the original destination (the
+    amesh-passthrough plugin sets the node); REGISTRY_ONLY adds nothing, so APISIX closes it."""
+    upstreams: dict[str, dict] = {}
+    routes = []
+    if policy is OutboundPolicy.ALLOW_ANY:
+        upstream_id = _passthrough(upstreams)["id"]
+        for cidr in ("0.0.0.0/0", "::/0"):
+            routes.append({"id": ids.stable_id("sr", "virtualOutbound", cidr), "name": f"virtualOutbound/{cidr}",
+                           "server_addr": cidr, "upstream_id": upstream_id, "plugins": {PLUGIN: {}}})
+    return StreamPart(tuple(routes), tuple(upstreams.values()), (), policy, ())
 
 
 def _outbound(listener) -> bool:
@@ -137,8 +170,6 @@ def _chains(listener, cov: Coverage | None = None) -> list[tuple[str, str]]:
                 found = ("http", "")
             elif url == _TCP_URL or network_filter.name == types.TCP_PROXY:
                 found = ("tcp", _tcp_cluster(network_filter, cov))
-            elif cov is not None and network_filter.name not in _NETWORK_FILTERS_IGNORED:
-                cov.add(f"filter_chains.filters[{network_filter.name or url}]")
         if found:
             out.append(found)
     return out
@@ -157,7 +188,7 @@ def _tcp_cluster(network_filter, cov: Coverage | None) -> str:
     return proxy.cluster
 
 
-def _policy_of(virtual_outbound) -> OutboundPolicy:
+def policy_of(virtual_outbound) -> OutboundPolicy:
     """Istio writes the mesh's outbound policy into virtualOutbound's tcp_proxy cluster."""
     if virtual_outbound is None:
         return OutboundPolicy.ALLOW_ANY  # Istio's default

@@ -9,7 +9,8 @@ upstream, emitted for every cluster.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from typing import Any
 
 from sidecar_agent.translate import ids
@@ -17,34 +18,39 @@ from sidecar_agent.translate import ids
 APISIX_DEFAULT_TIMEOUT = 60.0  # seconds; what APISIX uses for send/read when nothing is set
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class UpstreamPolicy:
     retries: int = 0
     retry_timeout: float | None = None
     read_timeout: float | None = None  # send and read; None = APISIX_DEFAULT_TIMEOUT
     hash_on: str | None = None  # APISIX chash `hash_on`, used only if the cluster hashes
     hash_key: str | None = None
+    # Computed once per policy (ids and names of every upstream using it read them); not compared.
+    _variant: str | None = field(default=None, init=False, repr=False, compare=False)
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def variant(self) -> str:
-        # Computed once per policy: ids and names of every upstream using it read it.
-        cached = self.__dict__.get("_variant")
+        cached = self._variant
         if cached is None:
             cached = _variant(self)
             object.__setattr__(self, "_variant", cached)
         return cached
 
     def __hash__(self) -> int:
-        cached = self.__dict__.get("_hash")
+        cached = self._hash
         if cached is None:
             cached = hash(tuple(getattr(self, name) for name in _POLICY_FIELDS))
             object.__setattr__(self, "_hash", cached)
         return cached
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> tuple:
         return _fields_only(self)
 
+    def __setstate__(self, state: tuple) -> None:
+        _restore(self, state)
 
-_POLICY_FIELDS = tuple(f.name for f in fields(UpstreamPolicy))
+
+_POLICY_FIELDS = tuple(f.name for f in fields(UpstreamPolicy) if f.init)
 
 
 def _variant(policy: UpstreamPolicy) -> str:
@@ -58,80 +64,106 @@ def _variant(policy: UpstreamPolicy) -> str:
 DEFAULT_POLICY = UpstreamPolicy()
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class UpstreamRef:
     cluster: str
     policy: UpstreamPolicy = DEFAULT_POLICY
+    # Refs are set members and Counter keys by the hundred thousand: id and hash computed once. Slots,
+    # not a __dict__: ~90 bytes less for each of the ~100,000 refs at 10,000 services.
+    _id: str | None = field(default=None, init=False, repr=False, compare=False)
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def id(self) -> str:
-        cached = self.__dict__.get("_id")
+        cached = self._id
         if cached is None:
             cached = ids.upstream_id(self.cluster, self.policy.variant())
             object.__setattr__(self, "_id", cached)
         return cached
 
     def __hash__(self) -> int:
-        # Refs are set members and Counter keys by the hundred thousand: hash once.
-        cached = self.__dict__.get("_hash")
+        cached = self._hash
         if cached is None:
             cached = hash((self.cluster, self.policy))
             object.__setattr__(self, "_hash", cached)
         return cached
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> tuple:
         return _fields_only(self)
 
+    def __setstate__(self, state: tuple) -> None:
+        _restore(self, state)
 
-def _fields_only(obj) -> dict:
+
+def _fields_only(obj) -> tuple:
     """Pickle/copy state without the cached values (a str hash differs between processes)."""
-    return {k: v for k, v in obj.__dict__.items() if not k.startswith("_")}
+    return tuple(getattr(obj, f.name) for f in fields(obj) if f.init)
 
 
-@dataclass(frozen=True)
+def _restore(obj, state: tuple) -> None:
+    for f, value in zip((f for f in fields(obj) if f.init), state):
+        object.__setattr__(obj, f.name, value)
+    for f in fields(obj):
+        if not f.init:
+            object.__setattr__(obj, f.name, None)
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterPart:
-    """What the Cluster resource decides (see cluster.py)."""
+    """What the Cluster resource decides (see cluster.py). Slots: one per cluster, kept for its life."""
 
     name: str
     body: dict  # upstream fields from the cluster: type, scheme, timeout.connect, checks, labels, …
     hashing: bool  # RING_HASH / MAGLEV: the route's hash policy applies
     eds_name: str | None  # ClusterLoadAssignment to read nodes from; None = nodes in `static_nodes`
-    static_nodes: tuple[dict, ...] | None
+    static_nodes: list[dict] | None  # read-only: the cluster's upstreams all hold this very list
     tls_auto: bool  # Istio auto-mTLS: TLS only for endpoints labelled tlsMode=istio
+    # `labels` of its upstreams when auto-mTLS applies: one dict for all of them (read-only)
+    mutual_labels: dict | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointPart:
-    """What the ClusterLoadAssignment decides (see endpoint.py)."""
+    """What the ClusterLoadAssignment decides (see endpoint.py). Slots: one per endpoint set."""
 
-    nodes: tuple[dict, ...]
+    nodes: list[dict]  # read-only: every upstream of the clusters reading it holds this very list
     istio_tls: bool  # every node carries tlsMode=istio
     mixed_tls: bool  # some do, some don't
 
 
+@lru_cache(maxsize=1024, typed=True)
+def timeout_of(connect: float, send: float, read: float) -> dict:
+    """One `timeout` dict per distinct value, shared by every upstream with it (read-only; typed: 5
+    and 5.0 print differently)."""
+    return {"connect": connect, "send": send, "read": read}
+
+
 def build(ref: UpstreamRef, cluster: ClusterPart | None, endpoints: EndpointPart | None) -> dict[str, Any]:
-    """The APISIX upstream for `ref`. A missing cluster or endpoint set gives no nodes (503), never stale ones."""
+    """The APISIX upstream for `ref`. A missing cluster or endpoint set gives no nodes (503), never stale ones.
+
+    Documents are read-only: the upstream shares its node list (and the node dicts) with the endpoint
+    set and every other upstream of the cluster, its `timeout`, `checks` and `labels` with upstreams
+    of equal value — copies would be most of the document's memory (10 nodes x 60,000 upstreams).
+    """
     policy = ref.policy
     variant = policy.variant()
     body: dict[str, Any] = dict(cluster.body) if cluster else {"type": "roundrobin", "scheme": "http"}
     if cluster is None:
         body["labels"] = {"amesh.missing": "cluster"}
-    nodes: tuple[dict, ...] = ()
+    nodes: list[dict] | None = None
     if cluster is not None:
         if cluster.eds_name is None:
-            nodes = cluster.static_nodes or ()
+            nodes = cluster.static_nodes
         elif endpoints is not None:
             nodes = endpoints.nodes
             if cluster.tls_auto and endpoints.istio_tls and not endpoints.mixed_tls:
                 body["scheme"] = "https"
-                body["labels"] = {**body.get("labels", {}), "amesh.tls": "istio-mutual"}
-    # The node dicts are shared with the endpoint set (and every upstream of the cluster): documents
-    # are read-only, and copies would be most of the document's memory (10 nodes x 60,000 upstreams).
-    body["nodes"] = list(nodes)
+                body["labels"] = cluster.mutual_labels
+    body["nodes"] = nodes if nodes is not None else []
     timeout = body.get("timeout")
     connect = timeout.get("connect", 5.0) if timeout else 5.0  # Envoy's default connect timeout
     read = policy.read_timeout or APISIX_DEFAULT_TIMEOUT
-    body["timeout"] = {"connect": connect, "send": read, "read": read}
+    body["timeout"] = timeout_of(connect, read, read)
     retries = policy.retries
     body["retries"] = retries
     if retries and policy.retry_timeout is not None:

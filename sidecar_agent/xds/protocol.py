@@ -174,8 +174,8 @@ class AdsSession:
             if resource is None:
                 message = kinds.parse(kind, value)
                 codec = self._codecs.get(kind)
-                if codec is None:  # the first resource of a type is the others' dictionary
-                    codec = self._codecs[kind] = Codec.sampling(value)
+                if codec is None:  # resources of the first response of a type: the dictionary of all
+                    codec = self._codecs[kind] = Codec.sampling_many(_spread(kind, response.resources))
                 resource = resource_of(kind, value, message, codec, digest)
                 if len(value) <= budget:
                     budget -= len(value)
@@ -202,3 +202,9 @@ class AdsSession:
             request.node.CopyFrom(self._node)
             self._node_sent = True
         return request
+
+
+def _spread(kind: kinds.Kind, resources) -> list[bytes]:
+    """The payloads of up to 64 resources spread over a response (a compression dictionary's sample)."""
+    step = max(1, len(resources) // 64)
+    return [kinds.payload(kind, resources[i]) for i in range(0, len(resources), step)]

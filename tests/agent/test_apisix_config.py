@@ -8,20 +8,28 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sidecar_agent.apisix import datapath
 from sidecar_agent.apisix.config import ApisixSettings, Mode, new_admin_key, render, render_yaml
 
 GOLDEN = Path(__file__).parent / "golden"
 KEY = "0123456789abcdef0123456789abcdef"
+LUA = "/usr/local/amesh/lua"  # where the image installs the package's lua/ (goldens: not this checkout's path)
 CASES = {
     "api-mode": ApisixSettings(admin_key=KEY),
     "file-mode": ApisixSettings(admin_key=KEY, mode=Mode.FILE),
     "low-nofile": ApisixSettings(admin_key=KEY, nofile_limit=4096, worker_processes=1),
 }
+DATA_PATHS = {
+    "api-mode": datapath.DataPathSettings(lua_dir=LUA),
+    "file-mode": datapath.DataPathSettings(ipv6=True, outbound_http_ports=(80, 9080), inbound_http_ports=(9080,),
+                                           lua_dir=LUA),
+    "low-nofile": datapath.DataPathSettings(lua_dir=LUA),
+}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_golden(name):
-    text = render_yaml(CASES[name])
+    text = render_yaml(CASES[name], DATA_PATHS[name])
     path = GOLDEN / f"apisix-config-{name}.yaml"
     if os.environ.get("REFRESH_GOLDEN"):
         path.write_text(text)
@@ -30,7 +38,15 @@ def test_golden(name):
 
 def test_what_the_sidecar_needs():
     api = render(CASES["api-mode"])
-    assert [l["port"] for l in api["apisix"]["node_listen"]] == [15001, 15006]
+    # the capture ports are the stream front; HTTP runs on loopback internal listeners only
+    assert api["apisix"]["proxy_mode"] == "http&stream"
+    assert api["apisix"]["stream_proxy"]["tcp"] == [{"addr": "0.0.0.0:15001"}, {"addr": "0.0.0.0:15006"}]
+    assert [(l["ip"], l["port"]) for l in api["apisix"]["node_listen"]] == [("127.0.0.1", 15100)]
+    assert api["apisix"]["lua_module_hook"] == "amesh.hook"
+    assert "amesh-passthrough" in api["plugins"] and "amesh-passthrough" in api["stream_plugins"]
+    file_dp = render(CASES["file-mode"], DATA_PATHS["file-mode"])
+    assert [l["port"] for l in file_dp["apisix"]["node_listen"]] == [15100, 15101, 15600]
+    assert {"addr": "[::]:15006"} in file_dp["apisix"]["stream_proxy"]["tcp"]
     assert api["deployment"]["role"] == "traditional"
     assert api["deployment"]["role_traditional"]["config_provider"] == "yaml"
     assert api["deployment"]["admin"]["admin_listen"]["ip"] == "127.0.0.1"
@@ -43,6 +59,22 @@ def test_what_the_sidecar_needs():
     assert file["deployment"] == {"role": "data_plane", "role_data_plane": {"config_provider": "yaml"}}
     assert file["apisix"]["enable_admin"] is False
     assert yaml.safe_load(render_yaml(CASES["api-mode"])) == api
+
+
+def test_data_path_must_agree_with_the_apisix_settings():
+    with pytest.raises(ValueError, match="disagree on inbound_port"):
+        render(CASES["api-mode"], datapath.DataPathSettings(inbound_port=15007))
+    with pytest.raises(ValueError, match="disagree on worker_user"):
+        render(CASES["api-mode"], datapath.DataPathSettings(proxy_user="nobody"))
+    with pytest.raises(ValueError, match="clash with the admin/prometheus ports"):
+        render(CASES["api-mode"], datapath.DataPathSettings(internal_base=9180, outbound_http_ports=(80,)))
+
+
+def test_plugin_list_is_the_shipped_schema_set_plus_passthrough():
+    shipped = Path(datapath.__file__).resolve().parents[1] / "schemas" / "apisix-3.18" / "plugins"
+    names = {p.name.split(".")[0] for p in shipped.glob("*.json")}
+    assert set(datapath.HTTP_PLUGINS) == names
+    assert set(datapath.STREAM_PLUGINS) <= names
 
 
 def test_keys_are_random_per_pod():

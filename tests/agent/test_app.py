@@ -39,7 +39,7 @@ async def aget(port: int, path: str) -> tuple[int, bytes]:
 
 def config(ads_port: int, apisix: FakeApisix, tmp_path, **over) -> AgentConfig:
     base = dict(discovery_address=f"127.0.0.1:{ads_port}", plaintext=True, no_apisix=True,
-                apisix_admin_url=apisix.url, apisix_admin_key=KEY, apisix_prefix=tmp_path,
+                apisix_mode=Mode.API, apisix_admin_url=apisix.url, apisix_admin_key=KEY, apisix_prefix=tmp_path,
                 apisix_metrics_url=f"{apisix.url}/apisix/prometheus/metrics",
                 listen_host="127.0.0.1", status_port=0, metrics_port=0, admin_port=0,
                 labels_file=tmp_path / "labels")

@@ -50,8 +50,10 @@ def unavailable() -> str | None:
 
 
 def config(listeners: list[str], prefix: Path, *, lookup: bool = True, workers: int = 1,
-           lua_path: tuple[str, ...] = (), init: str = 'require("amesh.origdst")', answer: str = ANSWER) -> str:
-    """nginx.conf: each `listeners` entry is a `listen` argument (e.g. "15006", "[::]:15001 http2")."""
+           lua_path: tuple[str, ...] = (), init: str = 'require("amesh.origdst")', answer: str = ANSWER,
+           http_extra: str = "", server_extra: str = "") -> str:
+    """nginx.conf: each `listeners` entry is a `listen` argument (e.g. "15006", "[::]:15001 http2");
+    `http_extra` / `server_extra`: more directives for the http / server block."""
     load = "".join(f"load_module {MODULES / m};\n" for m in reversed(NEEDED))
     listens = "".join(f"        listen {item};\n" for item in listeners)
     return f"""{load}
@@ -66,8 +68,15 @@ http {{
     lua_package_path "{''.join(f"{p}/?.lua;" for p in lua_path)}{LUA_DIR}/?.lua;/usr/share/lua/5.1/?.lua;;";
     keepalive_requests 100000;
     init_by_lua_block {{ {init} }}
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+{http_extra}
     server {{
 {listens}        location / {{ {answer if lookup else PLAIN} }}
+{server_extra}
     }}
 }}
 """
@@ -78,12 +87,16 @@ class Nginx:
 
     def __init__(self, ns: str | None, listeners: list[str], *, lookup: bool = True, workers: int = 1,
                  ready_port: int | None = None, ready_host: str = "127.0.0.1", timeout: float = 10.0,
-                 **config_args):
+                 uid: int | None = None, **config_args):
+        """`uid`: run nginx (master and workers) as this UID/GID, e.g. the capture-exempt 1337."""
         self.prefix = Path(tempfile.mkdtemp(prefix="amesh-nginx-"))
         (self.prefix / "nginx.conf").write_text(config(listeners, self.prefix, lookup=lookup, workers=workers,
                                                        **config_args))
         argv = ["nginx", "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf"), "-e",
                 str(self.prefix / "error.log")]
+        if uid is not None:
+            os.chown(self.prefix, uid, uid)
+            argv = ["setpriv", "--reuid", str(uid), "--regid", str(uid), "--clear-groups", *argv]
         if ns:
             argv = ["ip", "netns", "exec", ns, *argv]
         # `ip netns exec` execs nginx, so this PID is nginx's master

@@ -18,6 +18,8 @@ def var_value(name: str, request: dict) -> str | None:
         return request.get("path", "/")
     if name == "original_dst_port":
         return str(request["port"])
+    if name == "amesh_direction":  # the hook's variable: which side of the pod the request came in on
+        return request.get("direction", "outbound")
     if name == "request_method":
         return request.get("method", "GET")
     if name.startswith("http_"):
@@ -38,8 +40,8 @@ def expr_matches(expr: list, request: dict) -> bool:
         rest = rest[1:]
     op, operand = rest
     value = var_value(name, request)
-    if op == "==":
-        result = value == operand
+    if op == "==":  # lua-resty-expr compares numbers numerically: "9080" == 9080
+        result = value == (str(operand) if isinstance(operand, int) else operand)
     elif op in ("~~", "~*"):
         result = value is not None and re.search(operand, value, re.I if op == "~*" else 0) is not None
     else:

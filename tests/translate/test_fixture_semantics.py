@@ -5,18 +5,17 @@ from __future__ import annotations
 import pytest
 
 from sidecar_agent.configdump import load_config_dump
-from sidecar_agent.translate import translate
 
-from .conftest import fixture
+from .conftest import fixture, translate_fixture
 from .expr import pick
 
 
 def doc(name: str) -> dict:
-    return translate(load_config_dump(fixture(name))).document
+    return translate_fixture(fixture(name)).document
 
 
 def report_fields(name: str) -> set[str]:
-    return {e.field for e in translate(load_config_dump(fixture(name))).report.entries}
+    return {e.field for e in translate_fixture(fixture(name)).report.entries}
 
 
 def upstream(document: dict, upstream_id: str) -> dict:
@@ -54,11 +53,24 @@ class TestBookinfoProductpage:
         assert all(u["nodes"] == [] for u in document["upstreams"]
                    if u["name"].startswith("outbound|9080"))
 
-    def test_inbound_and_passthrough_reported(self):
+    def test_inbound_and_tcp_are_translated_not_reported(self):
         fields = report_fields(self.NAME)
-        assert "listener[inbound: not translated yet]" in fields
-        assert "type[ORIGINAL_DST]" in fields
-        assert any(f.startswith("filter_chains.filters[tcp_proxy -> PassthroughCluster") for f in fields)
+        assert not any("inbound" in f and "not translated" in f for f in fields)
+        assert not any(f.startswith("filter_chains.filters[tcp_proxy") for f in fields)
+        assert "type[ORIGINAL_DST]" in fields  # the cluster itself: the plugin stands in for it
+        document = doc(self.NAME)
+        # INSTANCE_IPS 10.244.2.66: inbound port 9080 -> its internal listener, the rest passed through
+        inbound = [r for r in document["stream_routes"] if r.get("server_addr") == "10.244.2.66"]
+        assert sorted(((r.get("server_port") or 0), "amesh-passthrough" in r.get("plugins", {})) for r in inbound
+                      ) == [(0, True), (9080, False)]
+        passthrough = [r for r in document["routes"] if r.get("upstream_id") == "u-PassthroughCluster-7f861f14c0eb"]
+        assert passthrough and all(r["plugins"]["amesh-passthrough"] == {} for r in passthrough)
+
+    def test_without_pod_ips_inbound_is_reported(self):
+        from sidecar_agent.translate import translate
+
+        fields = {e.field for e in translate(load_config_dump(fixture(self.NAME))).report.entries}
+        assert "listener[inbound: pod IPs unknown (INSTANCE_IPS), not translated]" in fields
 
 
 class TestDualStackSleep:

@@ -1,6 +1,7 @@
 """Goldens: every real dump in ../shared/fixtures/istio-xds translated to tests/translate/golden/*.json.
 
-`REFRESH_GOLDEN=1` rewrites them. Beyond byte equality, every golden document must validate against
+`REFRESH_GOLDEN=1` rewrites them. Translated as `amesh-agent translate` does: the data path on and the
+pod IPs from the dump's bootstrap (INSTANCE_IPS; the 1.18 dump has none, so its inbound side is reported). Beyond byte equality, every golden document must validate against
 APISIX 3.18's schemas, and specific semantics are asserted in test_fixture_semantics.py.
 """
 
@@ -16,7 +17,7 @@ from sidecar_agent.schema import validate_document
 from sidecar_agent.translate import translate
 from sidecar_agent.translate.render import to_json
 
-from .conftest import GOLDEN, fixture
+from .conftest import GOLDEN, fixture, translate_fixture
 
 FIXTURES = [
     "istio1.9-bookinfo-productpage-sidecar.config_dump.json",
@@ -57,10 +58,11 @@ def eds_clusters_for(resources: XdsResources) -> XdsResources:
 
 
 def translated(fixture_name: str):
-    resources = load_config_dump(fixture(fixture_name))
+    path = fixture(fixture_name)
+    resources = load_config_dump(path)
     if fixture_name.endswith("edsz.json"):
         resources = eds_clusters_for(resources)
-    return translate(resources)
+    return translate_fixture(path, resources)
 
 
 def golden_text(fixture_name: str) -> str:
