@@ -213,3 +213,45 @@ def test_schema_check_validates_only_what_changed_and_refuses_bad_objects():
     bad = {"routes": document["routes"], "upstreams": [broken] + document["upstreams"][1:]}
     problems = check(bad)
     assert calls == [broken["id"]] and problems and broken["id"] in problems[0]
+
+
+def test_new_http_port_regenerates_config_yaml_and_reloads_apisix(tmp_path):
+    """The data path needs an internal HTTP listener per served port: a document that brings one first gets
+    config.yaml rewritten and APISIX reloaded (here a stand-in child; APISIX itself is not installable)."""
+    import sys
+
+    import yaml
+
+    from sidecar_agent.apisix.supervisor import Command, Supervisor
+
+    async def main():
+        apisix = FakeApisix(KEY)
+        agent = Agent(config(0, apisix, tmp_path, no_apisix=False, apisix_mode=Mode.FILE,
+                             apisix_config_file=tmp_path / "apisix.yaml"), ENV)
+        marker = tmp_path / "init.log"
+        agent.supervisor = Supervisor(Command(
+            run=(sys.executable, "-c", "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_IGN); time.sleep(60)"),
+            prepare=((sys.executable, "-c", f"open({str(marker)!r}, 'a').write('init\\n')"),)))
+        task = asyncio.create_task(agent.supervisor.run())
+        try:
+            agent._write_apisix_config()
+            await eventually(lambda: agent.supervisor.pid is not None, what="stand-in started")
+            before = yaml.safe_load((tmp_path / "conf" / "config.yaml").read_text())
+            for listener in istiogen.bookinfo().listeners:
+                agent.pipeline.translator.set_listener(listener)
+            agent._before_push(None)
+            after = yaml.safe_load((tmp_path / "conf" / "config.yaml").read_text())
+            assert after != before and 9080 in agent.data_path.outbound_http_ports
+            listens = json.dumps(after["apisix"]["node_listen"])
+            assert "15100" in listens, listens  # the first internal HTTP listener, for outbound port 9080
+            pid = agent.supervisor.pid
+            await eventually(lambda: agent.supervisor.reloads == 1, what="reloaded")
+            assert marker.read_text().count("init") == 2 and agent.supervisor.pid == pid  # init re-run, same APISIX
+            agent._before_push(None)  # nothing new: no second reload
+            await asyncio.sleep(0.1)
+            assert agent.supervisor.reloads == 1
+        finally:
+            await agent.supervisor.stop(1)
+            await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())

@@ -71,3 +71,21 @@ def test_drain_timeout_kills(tmp_path):
         await asyncio.wait_for(task, 5)
 
     asyncio.run(main())
+
+
+def test_reload_reruns_prepare_then_sighups_the_same_process(tmp_path):
+    """A regenerated config.yaml is applied by `apisix init` + SIGHUP: no restart, connections kept."""
+    async def main():
+        sup = Supervisor(command(tmp_path))
+        assert await sup.reload() is False  # not running: the next start prepares anyway
+        task = asyncio.create_task(sup.run())
+        await eventually(lambda: lines(tmp_path) == ["start"], what="first start")
+        pid = sup.pid
+        assert await sup.reload() is True
+        await eventually(lambda: "hup" in lines(tmp_path), what="SIGHUP after prepare")
+        assert lines(tmp_path, "init") == ["init", "init"] and sup.pid == pid and sup.reloads == 1
+        assert lines(tmp_path).count("start") == 1
+        await sup.stop(drain_seconds=5)
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
