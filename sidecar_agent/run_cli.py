@@ -36,6 +36,15 @@ FIRST_PARTY_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 SYSTEM = "SYSTEM"  # XDS_ROOT_CA=SYSTEM: verify istiod with the system's roots
 
 
+def _schema_dir(value: Path | None) -> Path | None:
+    """Only complete, schema-valid documents are pushed: on by default, with the schemas in the package."""
+    if value is None:
+        from sidecar_agent.schemas import APISIX_SCHEMA_DIR
+
+        return APISIX_SCHEMA_DIR
+    return None if str(value).strip().lower() in ("", "none", "off") else Path(value)
+
+
 def proxy_config(env: Mapping[str, str]) -> dict:
     """PROXY_CONFIG as the injector sets it (JSON); {} when unset. Invalid JSON is named, not ignored."""
     text = env.get("PROXY_CONFIG", "").strip()
@@ -113,8 +122,9 @@ _option = functools.partial(click.option, show_envvar=True)  # --help names each
               default="/usr/local/apisix", show_default=True)
 @_option("--apisix-metrics-url", envvar="AMESH_APISIX_METRICS_URL", default=None,
               help="APISIX's Prometheus page to merge into /stats/prometheus.")
-@_option("--apisix-schema-dir", envvar="AMESH_APISIX_SCHEMA_DIR", type=click.Path(path_type=Path),
-              default=None, help="APISIX's JSON Schemas: refuse (NACK) documents they do not accept.")
+@_option("--apisix-schema-dir", envvar="AMESH_APISIX_SCHEMA_DIR", type=click.Path(path_type=Path), default=None,
+              help="APISIX's JSON Schemas: refuse (NACK) documents they do not accept. Default: the APISIX 3.18 "
+                   "schemas shipped with the agent; 'none' turns the check off.")
 @_option("--no-apisix", envvar="AMESH_NO_APISIX", is_flag=True,
               help="Do not start APISIX: push to one already running, or only write the file.")
 @_option("--status-port", envvar="ENVOY_STATUS_PORT", type=int, default=15021, show_default=True,
@@ -178,7 +188,7 @@ def config_of(options: Mapping[str, object]):
         admin_port=options["admin_port"],
         partial_timeout=options["partial_timeout"],
         drain_seconds=options["drain_seconds"],
-        schema_dir=options["apisix_schema_dir"],
+        schema_dir=_schema_dir(options["apisix_schema_dir"]),
         controller_address=str(options["controller_address"] or "").strip() or None,
         controller_token=Path(options["controller_token"]),
     )

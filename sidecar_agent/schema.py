@@ -46,18 +46,23 @@ class Schemas:
 
     def check(self, kind: str, obj: dict) -> list[str]:
         """Problems of one object of core schema `kind` (route, upstream, …) and of its plugins."""
-        obj = copy.deepcopy(obj)
+        errors = self.check_core(kind, obj)
+        for name, conf in sorted((obj.get("plugins") or {}).items()):
+            errors += self.check_plugin(name, conf)
+        return errors
+
+    def check_core(self, kind: str, obj: dict) -> list[str]:
+        """The object against its core schema (which sees `plugins` only as an object)."""
         core = self._validator(f"core/{kind}.json")
         if core is None:
             return [f"no core schema {kind!r}"]
-        errors = [_describe(e) for e in core.iter_errors(obj)]
-        for name, conf in sorted((obj.get("plugins") or {}).items()):
-            plugin = self._validator(f"plugins/{name}.json")
-            if plugin is None:
-                errors.append(f"unknown plugin {name!r}")
-                continue
-            errors += [f"plugin {name}: {_describe(e)}" for e in plugin.iter_errors(copy.deepcopy(conf))]
-        return errors
+        return [_describe(e) for e in core.iter_errors(copy.deepcopy(obj))]  # defaults are filled in: a copy
+
+    def check_plugin(self, name: str, conf: Any) -> list[str]:
+        plugin = self._validator(f"plugins/{name}.json")
+        if plugin is None:
+            return [f"unknown plugin {name!r}"]
+        return [f"plugin {name}: {_describe(e)}" for e in plugin.iter_errors(copy.deepcopy(conf))]
 
 
 def validate_document(document: dict, schema_dir: str | Path) -> list[str]:

@@ -206,8 +206,8 @@ def test_schema_check_validates_only_what_changed_and_refuses_bad_objects():
     assert document["routes"] and document["upstreams"]
     assert check(document) == []
     calls = []
-    original = check._schemas.check
-    check._schemas.check = lambda kind, obj: calls.append(obj["id"]) or original(kind, obj)
+    original = check._schemas.check_core
+    check._schemas.check_core = lambda kind, obj: calls.append(obj["id"]) or original(kind, obj)
     assert check(translator.document()) == [] and calls == []  # nothing new: nothing re-validated
     broken = dict(document["upstreams"][0], retries=-1)  # the schema says minimum 0
     bad = {"routes": document["routes"], "upstreams": [broken] + document["upstreams"][1:]}
