@@ -79,6 +79,33 @@ async def running_controller(api: FakeApi, port: int = 0):
         await asyncio.gather(task, return_exceptions=True)
 
 
+@contextlib.asynccontextmanager
+async def running_agent(tmp_path, **over):
+    """A real ADS server, the APISIX stand-in and the agent running against both; yields all three and
+    stops them in order."""
+    ads = AdsServer()
+    ads_port = await ads.start()
+    stop = asyncio.Event()
+    try:
+        with FakeApisix(KEY) as apisix:
+            agent = Agent(config(ads_port, apisix, tmp_path, **over), ENV)
+            if agent.plugin_client is not None:
+                agent.plugin_client.backoff = FAST
+            task = asyncio.create_task(agent.run(stop))
+            yield ads, apisix, agent
+            stop.set()
+            await asyncio.wait_for(task, 10)
+    finally:
+        await ads.stop()
+
+
+def run_against(api: FakeApi, scenario) -> None:
+    try:
+        asyncio.run(scenario())
+    finally:
+        api.close()
+
+
 def routes(document: dict) -> dict[str, dict]:
     return {r["name"]: r for r in document.get("routes", [])}
 
@@ -111,92 +138,79 @@ def test_plugin_sets_flow_from_the_controller_into_the_pushed_document(tmp_path)
     token.write_text(TOKEN + "\n")
     api = fake_kubernetes(ampc("headers", [rewrite(direction="outbound")], namespace=NAMESPACE, selector=SELECTOR))
 
+    port = free_port()
+
     async def main():
-        ads = AdsServer()
-        ads_port = await ads.start()
-        stop = asyncio.Event()
-        try:
-            with FakeApisix(KEY) as apisix:
-                async with running_controller(api) as controller:
-                    agent = Agent(config(ads_port, apisix, tmp_path, schema_dir=SCHEMA_DIR,
-                                         controller_address=f"127.0.0.1:{controller.grpc_port}",
-                                         controller_token=token), ENV)
-                    agent.plugin_client.backoff = FAST
-                    task = asyncio.create_task(agent.run(stop))
-                    ads.set_snapshot("1", mesh_xds("ratings-abort-jason"))
+        async with running_agent(tmp_path, schema_dir=SCHEMA_DIR, controller_address=f"127.0.0.1:{port}",
+                                 controller_token=token) as (ads, apisix, agent):
+            async with running_controller(api, port):
+                ads.set_snapshot("1", mesh_xds("ratings-abort-jason"))
 
-                    # The set arrives: the next push carries response-rewrite on every outbound route only.
-                    await eventually(lambda: has_everywhere(apisix.config, "response-rewrite", outbound),
-                                     what="response-rewrite pushed on the outbound routes")
-                    first = apisix.config
-                    assert nowhere(first, "response-rewrite", inbound)
-                    assert routes(first)[RATINGS_ABORT]["plugins"]["fault-injection"]["abort"]["http_status"] == 500
-                    version = agent.pipeline.plugins.version
-                    assert version  # the label names the set: what /status shows as the live document
-                    await agent.pusher.wait_live(f"cds=1,eds=1,lds=1,rds=1;plugins={version}", timeout=10)
-                    assert agent.not_ready() is None
-                    status, page = await aget(agent.ports["admin"], "/plugins")
-                    view = json.loads(page)
-                    assert status == 200 and view["version"] == version and view["stream"]["connected"] is True
-                    assert [(p["name"], p["direction"], p["source"]) for p in view["plugins"]] == \
-                        [("response-rewrite", "outbound", f"{NAMESPACE}/headers")]
-                    _, text = await aget(agent.ports["metrics"], "/stats/prometheus")
-                    assert 'amesh_plugin_sets_total{result="applied"} 1.0' in text.decode()
-                    assert "amesh_plugin_stream_connected 1.0" in text.decode()
-
-                    # The set changes: an inbound plugin joins, and an outbound fault-injection that the
-                    # VirtualService's own fault-injection keeps off the ratings route.
-                    pushes = len(apisix.accepted)
-                    changed = ampc("headers", [
-                        rewrite(direction="outbound"),
-                        {"name": "ip-restriction", "config": {"whitelist": ["10.0.0.0/8"]}, "direction": "inbound"},
-                        {"name": "fault-injection", "config": {"abort": {"http_status": 418, "percentage": 1}}},
-                    ], namespace=NAMESPACE, selector=SELECTOR, generation=2)
-                    api.emit(kube.CONFIGS, event("MODIFIED", changed, "c2"))
-                    await eventually(lambda: has_everywhere(apisix.config, "ip-restriction", inbound),
-                                     what="the changed set pushed")
-                    second = apisix.config
-                    assert len(apisix.accepted) > pushes
-                    assert nowhere(second, "ip-restriction", outbound)
-                    assert has_everywhere(second, "response-rewrite", outbound)
-                    assert nowhere(second, "response-rewrite", inbound)
-                    ratings = routes(second)[RATINGS_ABORT]["plugins"]["fault-injection"]
-                    assert ratings == routes(first)[RATINGS_ABORT]["plugins"]["fault-injection"]  # xDS wins
-                    added = [n for n, r in routes(second).items() if outbound(n) and
-                             r["plugins"]["fault-injection"].get("abort", {}).get("http_status") == 418]
-                    assert added and RATINGS_ABORT not in added
-                    _, page = await aget(agent.ports["admin"], "/plugins")
-                    assert {"route": routes(second)[RATINGS_ABORT]["id"], "plugin": "fault-injection"} in \
-                        json.loads(page)["shadowed"]
-                    second_version = agent.pipeline.plugins.version
-                    assert second_version != version
-
-                # The controller is gone: the stream drops, the last set stays in force ...
-                await eventually(lambda: not agent.plugin_client.connected, what="plugin stream lost")
-                assert metric(agent, "amesh_plugin_stream_connected") == 0
-                assert apisix.config == second and agent.pipeline.plugins.version == second_version
-                # ... also for documents translated meanwhile.
-                x = mesh_xds("reviews-jason-v2")
-                ads.set_snapshot("2", x)
-                await agent.pusher.wait_live(f"cds=2,eds=2,lds=2,rds=2;plugins={second_version}", timeout=10)
-                third = apisix.config
-                assert third != second
-                assert has_everywhere(third, "response-rewrite", outbound)
-                assert has_everywhere(third, "ip-restriction", inbound)
-                _, state = await aget(agent.ports["admin"], "/status")
-                summary = json.loads(state)["plugins"]
-                assert summary["connected"] is False and summary["version"] == second_version
-                assert summary["count"] == 3 and summary["last_error"]
+                # The set arrives: the next push carries response-rewrite on every outbound route only.
+                await eventually(lambda: has_everywhere(apisix.config, "response-rewrite", outbound),
+                                 what="response-rewrite pushed on the outbound routes")
+                first = apisix.config
+                assert nowhere(first, "response-rewrite", inbound)
+                assert routes(first)[RATINGS_ABORT]["plugins"]["fault-injection"]["abort"]["http_status"] == 500
+                version = agent.pipeline.plugins.version
+                assert version  # the label names the set: what /status shows as the live document
+                await agent.pusher.wait_live(f"cds=1,eds=1,lds=1,rds=1;plugins={version}", timeout=10)
                 assert agent.not_ready() is None
-                stop.set()
-                await asyncio.wait_for(task, 10)
-        finally:
-            await ads.stop()
+                status, page = await aget(agent.ports["admin"], "/plugins")
+                view = json.loads(page)
+                assert status == 200 and view["version"] == version and view["stream"]["connected"] is True
+                assert [(p["name"], p["direction"], p["source"]) for p in view["plugins"]] == \
+                    [("response-rewrite", "outbound", f"{NAMESPACE}/headers")]
+                _, text = await aget(agent.ports["metrics"], "/stats/prometheus")
+                assert 'amesh_plugin_sets_total{result="applied"} 1.0' in text.decode()
+                assert "amesh_plugin_stream_connected 1.0" in text.decode()
 
-    try:
-        asyncio.run(main())
-    finally:
-        api.close()
+                # The set changes: an inbound plugin joins, and an outbound fault-injection that the
+                # VirtualService's own fault-injection keeps off the ratings route.
+                pushes = len(apisix.accepted)
+                changed = ampc("headers", [
+                    rewrite(direction="outbound"),
+                    {"name": "ip-restriction", "config": {"whitelist": ["10.0.0.0/8"]}, "direction": "inbound"},
+                    {"name": "fault-injection", "config": {"abort": {"http_status": 418, "percentage": 1}}},
+                ], namespace=NAMESPACE, selector=SELECTOR, generation=2)
+                api.emit(kube.CONFIGS, event("MODIFIED", changed, "c2"))
+                await eventually(lambda: has_everywhere(apisix.config, "ip-restriction", inbound),
+                                 what="the changed set pushed")
+                second = apisix.config
+                assert len(apisix.accepted) > pushes
+                assert nowhere(second, "ip-restriction", outbound)
+                assert has_everywhere(second, "response-rewrite", outbound)
+                assert nowhere(second, "response-rewrite", inbound)
+                ratings = routes(second)[RATINGS_ABORT]["plugins"]["fault-injection"]
+                assert ratings == routes(first)[RATINGS_ABORT]["plugins"]["fault-injection"]  # xDS wins
+                added = [n for n, r in routes(second).items() if outbound(n) and
+                         r["plugins"]["fault-injection"].get("abort", {}).get("http_status") == 418]
+                assert added and RATINGS_ABORT not in added
+                _, page = await aget(agent.ports["admin"], "/plugins")
+                assert {"route": routes(second)[RATINGS_ABORT]["id"], "plugin": "fault-injection"} in \
+                    json.loads(page)["shadowed"]
+                second_version = agent.pipeline.plugins.version
+                assert second_version != version
+
+            # The controller is gone: the stream drops, the last set stays in force ...
+            await eventually(lambda: not agent.plugin_client.connected, what="plugin stream lost")
+            assert metric(agent, "amesh_plugin_stream_connected") == 0
+            assert apisix.config == second and agent.pipeline.plugins.version == second_version
+            # ... also for documents translated meanwhile.
+            x = mesh_xds("reviews-jason-v2")
+            ads.set_snapshot("2", x)
+            await agent.pusher.wait_live(f"cds=2,eds=2,lds=2,rds=2;plugins={second_version}", timeout=10)
+            third = apisix.config
+            assert third != second
+            assert has_everywhere(third, "response-rewrite", outbound)
+            assert has_everywhere(third, "ip-restriction", inbound)
+            _, state = await aget(agent.ports["admin"], "/status")
+            summary = json.loads(state)["plugins"]
+            assert summary["connected"] is False and summary["version"] == second_version
+            assert summary["count"] == 3 and summary["last_error"]
+            assert agent.not_ready() is None
+
+    run_against(api, main)
 
 
 def test_the_pod_gets_ready_without_the_controller_and_takes_the_set_once_it_is_up(tmp_path):
@@ -207,39 +221,25 @@ def test_the_pod_gets_ready_without_the_controller_and_takes_the_set_once_it_is_
     port = free_port()
 
     async def main():
-        ads = AdsServer()
-        ads_port = await ads.start()
-        stop = asyncio.Event()
-        try:
-            with FakeApisix(KEY) as apisix:
-                agent = Agent(config(ads_port, apisix, tmp_path, controller_address=f"127.0.0.1:{port}",
-                                     controller_token=token), ENV)
-                agent.plugin_client.backoff = FAST
-                task = asyncio.create_task(agent.run(stop))
-                ads.set_snapshot("1", mesh_xds("all-v1"))
-                await agent.pusher.wait_live("cds=1,eds=1,lds=1,rds=1", timeout=10)
-                status, _ = await aget(agent.ports["status"], "/healthz/ready")
-                assert status == 200  # ready with the controller unreachable
-                await eventually(lambda: agent.plugin_client.attempts >= 2, what="reconnect attempts")
-                _, page = await aget(agent.ports["admin"], "/plugins")
-                view = json.loads(page)
-                assert view["stream"]["connected"] is False and "UNAVAILABLE" in view["stream"]["last_error"]
-                assert view["plugins"] == [] and view["version"] == ""
-                assert nowhere(apisix.config, "response-rewrite", outbound)
+        async with running_agent(tmp_path, controller_address=f"127.0.0.1:{port}",
+                                 controller_token=token) as (ads, apisix, agent):
+            ads.set_snapshot("1", mesh_xds("all-v1"))
+            await agent.pusher.wait_live("cds=1,eds=1,lds=1,rds=1", timeout=10)
+            status, _ = await aget(agent.ports["status"], "/healthz/ready")
+            assert status == 200  # ready with the controller unreachable
+            await eventually(lambda: agent.plugin_client.attempts >= 2, what="reconnect attempts")
+            _, page = await aget(agent.ports["admin"], "/plugins")
+            view = json.loads(page)
+            assert view["stream"]["connected"] is False and "UNAVAILABLE" in view["stream"]["last_error"]
+            assert view["plugins"] == [] and view["version"] == ""
+            assert nowhere(apisix.config, "response-rewrite", outbound)
 
-                async with running_controller(api, port):
-                    await eventually(lambda: has_everywhere(apisix.config, "response-rewrite", outbound),
-                                     what="the set pushed once the controller is up")
-                    assert agent.plugin_client.connected
-                stop.set()
-                await asyncio.wait_for(task, 10)
-        finally:
-            await ads.stop()
+            async with running_controller(api, port):
+                await eventually(lambda: has_everywhere(apisix.config, "response-rewrite", outbound),
+                                 what="the set pushed once the controller is up")
+                assert agent.plugin_client.connected
 
-    try:
-        asyncio.run(main())
-    finally:
-        api.close()
+    run_against(api, main)
 
 
 def test_a_token_the_controller_refuses_leaves_the_document_alone(tmp_path):
@@ -249,60 +249,37 @@ def test_a_token_the_controller_refuses_leaves_the_document_alone(tmp_path):
     api = fake_kubernetes(ampc("headers", [rewrite(direction="outbound")], namespace=NAMESPACE, selector=SELECTOR))
     api.reviews["a-token-of-another-pod"] = service_account_review(NAMESPACE, "reviews-v1-xyz")
 
-    async def main():
-        ads = AdsServer()
-        ads_port = await ads.start()
-        stop = asyncio.Event()
-        try:
-            with FakeApisix(KEY) as apisix:
-                async with running_controller(api) as controller:
-                    agent = Agent(config(ads_port, apisix, tmp_path,
-                                         controller_address=f"127.0.0.1:{controller.grpc_port}",
-                                         controller_token=token), ENV)
-                    agent.plugin_client.backoff = FAST
-                    task = asyncio.create_task(agent.run(stop))
-                    ads.set_snapshot("1", mesh_xds("all-v1"))
-                    await agent.pusher.wait_live("cds=1,eds=1,lds=1,rds=1", timeout=10)
-                    await eventually(lambda: agent.plugin_client.last_error
-                                     and "PERMISSION_DENIED" in agent.plugin_client.last_error, what="refusal")
-                    assert "cannot subscribe for pod" in agent.plugin_client.last_error
-                    assert agent.pipeline.plugins.version == "" and nowhere(apisix.config, "response-rewrite", outbound)
-                    assert agent.not_ready() is None
-                    stop.set()
-                    await asyncio.wait_for(task, 10)
-        finally:
-            await ads.stop()
+    port = free_port()
 
-    try:
-        asyncio.run(main())
-    finally:
-        api.close()
+    async def main():
+        async with running_agent(tmp_path, controller_address=f"127.0.0.1:{port}",
+                                 controller_token=token) as (ads, apisix, agent):
+            async with running_controller(api, port):
+                ads.set_snapshot("1", mesh_xds("all-v1"))
+                await agent.pusher.wait_live("cds=1,eds=1,lds=1,rds=1", timeout=10)
+                await eventually(lambda: agent.plugin_client.last_error
+                                 and "PERMISSION_DENIED" in agent.plugin_client.last_error, what="refusal")
+                assert "cannot subscribe for pod" in agent.plugin_client.last_error
+                assert agent.pipeline.plugins.version == "" and nowhere(apisix.config, "response-rewrite", outbound)
+                assert agent.not_ready() is None
+
+    run_against(api, main)
 
 
 def test_no_controller_configured_means_no_client_and_the_translated_document(tmp_path):
     async def main():
-        ads = AdsServer()
-        ads_port = await ads.start()
-        stop = asyncio.Event()
-        try:
-            with FakeApisix(KEY) as apisix:
-                agent = Agent(config(ads_port, apisix, tmp_path), ENV)
-                assert agent.plugin_client is None
-                task = asyncio.create_task(agent.run(stop))
-                ads.set_snapshot("1", mesh_xds("all-v1"))
-                live = await agent.pusher.wait_live("cds=1,eds=1,lds=1,rds=1", timeout=10)
-                names = {t.get_name() for t in asyncio.all_tasks()}
-                assert {"ads", "pusher"} <= names and "plugins" not in names
-                assert live.body is agent.pipeline.source.body  # nothing laid over the translator's document
-                _, page = await aget(agent.ports["admin"], "/plugins")
-                assert json.loads(page) == {"controller": None, "stream": None, "version": "", "plugins": [],
-                                            "refused": None, "shadowed": []}
-                _, state = await aget(agent.ports["admin"], "/status")
-                assert json.loads(state)["plugins"] is None
-                assert metric(agent, "amesh_plugin_sets_total", {"result": "applied"}) == 0
-                stop.set()
-                await asyncio.wait_for(task, 10)
-        finally:
-            await ads.stop()
+        async with running_agent(tmp_path) as (ads, apisix, agent):
+            assert agent.plugin_client is None
+            ads.set_snapshot("1", mesh_xds("all-v1"))
+            live = await agent.pusher.wait_live("cds=1,eds=1,lds=1,rds=1", timeout=10)
+            names = {t.get_name() for t in asyncio.all_tasks()}
+            assert {"ads", "pusher"} <= names and "plugins" not in names
+            assert live.body is agent.pipeline.source.body  # nothing laid over the translator's document
+            _, page = await aget(agent.ports["admin"], "/plugins")
+            assert json.loads(page) == {"controller": None, "stream": None, "version": "", "plugins": [],
+                                        "refused": None, "shadowed": []}
+            _, state = await aget(agent.ports["admin"], "/status")
+            assert json.loads(state)["plugins"] is None
+            assert metric(agent, "amesh_plugin_sets_total", {"result": "applied"}) == 0
 
     asyncio.run(main())
