@@ -53,16 +53,20 @@ class Rule(NamedTuple):
 
     @property
     def target(self) -> str | None:
-        args = self.args
-        for i, arg in enumerate(args[:-1]):
-            if arg == "-j":
-                return args[i + 1]
-        return None
+        return jump_target(self.args)
 
     def spec(self) -> str:
         """The rule as iptables-restore takes it, e.g. `-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN`."""
         head = f"-A {self.chain}" if self.position is None else f"-I {self.chain} {self.position}"
         return " ".join((head, *self.args))
+
+
+def jump_target(words) -> str | None:
+    """The chain or target a rule jumps (-j) or goes (-g) to, from its words."""
+    for i, word in enumerate(words[:-1]):
+        if word in ("-j", "-g"):
+            return words[i + 1]
+    return None
 
 
 class PolicyRoute(NamedTuple):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from init.plan import BUILTIN_CHAINS, CHAIN_PREFIX, TARGETS, Rule
+from init.plan import BUILTIN_CHAINS, CHAIN_PREFIX, TARGETS, Rule, jump_target
 
 TABLE_ORDER = ("filter", "mangle", "nat", "raw", "security")
 
@@ -81,14 +81,6 @@ def is_ours(chain: str) -> bool:
     return chain.startswith(CHAIN_PREFIX)
 
 
-def _rule_target(save_line: str) -> str | None:
-    words = save_line.split()
-    for i, word in enumerate(words[:-1]):
-        if word in ("-j", "-g"):
-            return words[i + 1]
-    return None
-
-
 class Residue(NamedTuple):
     """What a previous run left in one table: built-in-chain rules to delete (as `-D` specs) and our chains."""
 
@@ -102,7 +94,7 @@ def residue(state: TableState, extra_deletions: tuple[str, ...] = ()) -> Residue
     deletions = [
         "-D " + line[3:]
         for chain, line in state.rules
-        if chain in BUILTIN_CHAINS and is_ours(_rule_target(line) or "")
+        if chain in BUILTIN_CHAINS and is_ours(jump_target(line.split()) or "")
     ]
     deletions.extend(d for d in extra_deletions if d not in deletions)
     chains = tuple(name for name in state.chains if is_ours(name))

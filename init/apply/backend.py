@@ -14,7 +14,8 @@ import subprocess
 from typing import NamedTuple
 
 from init.config import Backend
-from init.plan import Family
+from init.plan import BUILTIN_CHAINS, Family
+from init.render import parse_save
 
 
 class Binaries(NamedTuple):
@@ -63,15 +64,8 @@ def find(family: Family, backend: str) -> Binaries | None:
 
 def holds_rules(save_output: str) -> bool:
     """A save with any rule or user chain means this backend is in use in this namespace."""
-    for line in save_output.splitlines():
-        if line.startswith("-A "):
-            return True
-        if line.startswith(":") and line[1:].split(" ", 1)[0] not in _BUILTIN:
-            return True
-    return False
-
-
-_BUILTIN = {"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"}
+    return any(table.rules or any(c not in BUILTIN_CHAINS for c in table.chains)
+               for table in parse_save(save_output).values())
 
 
 def run_save(binaries: Binaries) -> str:

@@ -69,3 +69,12 @@ def test_plain_builtin_rules_are_the_ones_needing_a_check() -> None:
     plain = builtin_plain_rules(plan(config, ipv6=False).rules(Family.V4))
     assert {r.target for r in plain} == {"RETURN", "REDIRECT", "CT"}
     assert all(r.chain in ("PREROUTING", "OUTPUT") for r in plain)
+
+
+def test_a_backend_holds_rules_when_its_save_shows_a_rule_or_a_user_chain() -> None:
+    from init.apply.backend import holds_rules
+
+    empty = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+    assert not holds_rules(empty) and not holds_rules("")
+    assert holds_rules(empty.replace("COMMIT", "-A OUTPUT -d 10.0.0.1/32 -j RETURN\nCOMMIT"))
+    assert holds_rules(empty.replace("COMMIT", ":KUBE-SERVICES - [0:0]\nCOMMIT"))
