@@ -4,6 +4,7 @@ and an APISIX admin API stand-in enforcing the PUT contract."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 
@@ -34,81 +35,82 @@ def _with_endpoints(x: istiogen.Xds, cluster: str, cla) -> list:
     return [cla if e.cluster_name == cluster else e for e in x.endpoints]
 
 
+@contextlib.asynccontextmanager
+async def serving():
+    """A real ADS server, the APISIX Admin API stand-in and an agent pushing to it."""
+    server = AdsServer()
+    port = await server.start()
+    try:
+        with FakeApisix(KEY) as apisix:
+            async with running_agent(Transport(f"127.0.0.1:{port}"), AdminApiSink(apisix.url, KEY)) as agent:
+                yield server, apisix, agent
+    finally:
+        await server.stop()
+
+
 def test_initial_sync_route_change_and_eds_scale_to_zero_and_back():
     async def main():
-        server = AdsServer()
-        port = await server.start()
-        try:
-            with FakeApisix(KEY) as apisix:
-                async with running_agent(Transport(f"127.0.0.1:{port}"), AdminApiSink(apisix.url, KEY)) as agent:
-                    base = istiogen.bookinfo("all-v1")
-                    server.set_snapshot("1", xds_of(base))
-                    await agent.pusher.wait_live(ALL.format(v="1"), timeout=10)
-                    first = apisix.config
-                    assert first["routes"] and consistent(first)
-                    assert all(server.acked(k, "1") for k in ("cds", "eds", "lds", "rds"))
-                    # Node sent once per stream, on its first request.
-                    assert [bool(r.node.id) for r in server.requests].count(True) == 1
+        async with serving() as (server, apisix, agent):
+            base = istiogen.bookinfo("all-v1")
+            server.set_snapshot("1", xds_of(base))
+            await agent.pusher.wait_live(ALL.format(v="1"), timeout=10)
+            first = apisix.config
+            assert first["routes"] and consistent(first)
+            assert all(server.acked(k, "1") for k in ("cds", "eds", "lds", "rds"))
+            # Node sent once per stream, on its first request.
+            assert [bool(r.node.id) for r in server.requests].count(True) == 1
 
-                    # A route change: only RDS moves; one more PUT, routes rebuilt, upstreams kept.
-                    changed = istiogen.bookinfo("reviews-jason-v2")
-                    server.set_snapshot("2", {"rds": list(changed.route_configs)})
-                    label = "cds=1,eds=1,lds=1,rds=2"
-                    await agent.pusher.wait_live(label, timeout=10)
-                    assert apisix.config["routes"] != first["routes"]
-                    assert apisix.versions["routes"] == 2
-                    # conf versions move only for the types whose content changed
-                    same = apisix.config["upstreams"] == first["upstreams"]
-                    assert apisix.versions["upstreams"] == (1 if same else 2)
-                    before = {u["id"]: u for u in apisix.config["upstreams"]}
+            # A route change: only RDS moves; one more PUT, routes rebuilt, upstreams kept.
+            changed = istiogen.bookinfo("reviews-jason-v2")
+            server.set_snapshot("2", {"rds": list(changed.route_configs)})
+            label = "cds=1,eds=1,lds=1,rds=2"
+            await agent.pusher.wait_live(label, timeout=10)
+            assert apisix.config["routes"] != first["routes"]
+            assert apisix.versions["routes"] == 2
+            # conf versions move only for the types whose content changed
+            same = apisix.config["upstreams"] == first["upstreams"]
+            assert apisix.versions["upstreams"] == (1 if same else 2)
+            before = {u["id"]: u for u in apisix.config["upstreams"]}
 
-                    # EDS: ratings v1 scales to zero, then back.
-                    ratings = next(e for e in base.endpoints if e.cluster_name == RATINGS)
-                    empty = type(ratings)(cluster_name=RATINGS)
-                    server.set_snapshot("3", {"eds": _with_endpoints(base, RATINGS, empty)})
-                    await agent.pusher.wait_live("cds=1,eds=3,lds=1,rds=2", timeout=10)
-                    now = {u["id"]: u for u in apisix.config["upstreams"]}
-                    emptied = [i for i in now if now[i] != before[i]]
-                    assert emptied and all(not now[i].get("nodes") for i in emptied)
-                    assert all(now[i] == before[i] for i in now if i not in emptied)
-                    server.set_snapshot("4", {"eds": list(base.endpoints)})
-                    await agent.pusher.wait_live("cds=1,eds=4,lds=1,rds=2", timeout=10)
-                    assert {u["id"]: u for u in apisix.config["upstreams"]} == before
-                    assert all(consistent(d) for d in apisix.accepted)
-        finally:
-            await server.stop()
+            # EDS: ratings v1 scales to zero, then back.
+            ratings = next(e for e in base.endpoints if e.cluster_name == RATINGS)
+            empty = type(ratings)(cluster_name=RATINGS)
+            server.set_snapshot("3", {"eds": _with_endpoints(base, RATINGS, empty)})
+            await agent.pusher.wait_live("cds=1,eds=3,lds=1,rds=2", timeout=10)
+            now = {u["id"]: u for u in apisix.config["upstreams"]}
+            emptied = [i for i in now if now[i] != before[i]]
+            assert emptied and all(not now[i].get("nodes") for i in emptied)
+            assert all(now[i] == before[i] for i in now if i not in emptied)
+            server.set_snapshot("4", {"eds": list(base.endpoints)})
+            await agent.pusher.wait_live("cds=1,eds=4,lds=1,rds=2", timeout=10)
+            assert {u["id"]: u for u in apisix.config["upstreams"]} == before
+            assert all(consistent(d) for d in apisix.accepted)
 
     asyncio.run(main())
 
 
 def test_invalid_resource_is_nacked_and_last_good_kept():
     async def main():
-        server = AdsServer()
-        port = await server.start()
-        try:
-            with FakeApisix(KEY) as apisix:
-                async with running_agent(Transport(f"127.0.0.1:{port}"), AdminApiSink(apisix.url, KEY)) as agent:
-                    base = istiogen.bookinfo("all-v1")
-                    server.set_snapshot("1", xds_of(base))
-                    await agent.pusher.wait_live(ALL.format(v="1"), timeout=10)
-                    good = apisix.config
-                    bad_rc = type(base.route_configs[0])()
-                    bad_rc.CopyFrom(base.route_configs[0])
-                    bad_rc.virtual_hosts[0].domains.append("reviews.*.local")  # a wildcard mid-name
-                    server.set_snapshot("2", {"rds": [bad_rc] + list(base.route_configs[1:])})
-                    await eventually(lambda: server.nacks("rds"), what="an RDS NACK")
-                    nack = server.nacks("rds")[0]
-                    assert nack.version_info == "1"  # the last accepted version
-                    assert nack.response_nonce == [s for s in server.sent if s.version == "2"][0].nonce
-                    assert "2" in nack.error_detail.message and nack.error_detail.code == 3
-                    assert agent.session.snapshot.version(kinds.RDS) == "1"
-                    assert agent.metrics.xds_nacks.labels("rds")._value.get() == 1
-                    assert apisix.config == good and len(apisix.accepted) == 1
-                    # The fix arrives: accepted and pushed.
-                    server.set_snapshot("3", {"rds": list(istiogen.bookinfo("reviews-jason-v2").route_configs)})
-                    await agent.pusher.wait_live("cds=1,eds=1,lds=1,rds=3", timeout=10)
-        finally:
-            await server.stop()
+        async with serving() as (server, apisix, agent):
+            base = istiogen.bookinfo("all-v1")
+            server.set_snapshot("1", xds_of(base))
+            await agent.pusher.wait_live(ALL.format(v="1"), timeout=10)
+            good = apisix.config
+            bad_rc = type(base.route_configs[0])()
+            bad_rc.CopyFrom(base.route_configs[0])
+            bad_rc.virtual_hosts[0].domains.append("reviews.*.local")  # a wildcard mid-name
+            server.set_snapshot("2", {"rds": [bad_rc] + list(base.route_configs[1:])})
+            await eventually(lambda: server.nacks("rds"), what="an RDS NACK")
+            nack = server.nacks("rds")[0]
+            assert nack.version_info == "1"  # the last accepted version
+            assert nack.response_nonce == [s for s in server.sent if s.version == "2"][0].nonce
+            assert "2" in nack.error_detail.message and nack.error_detail.code == 3
+            assert agent.session.snapshot.version(kinds.RDS) == "1"
+            assert agent.metrics.xds_nacks.labels("rds")._value.get() == 1
+            assert apisix.config == good and len(apisix.accepted) == 1
+            # The fix arrives: accepted and pushed.
+            server.set_snapshot("3", {"rds": list(istiogen.bookinfo("reviews-jason-v2").route_configs)})
+            await agent.pusher.wait_live("cds=1,eds=1,lds=1,rds=3", timeout=10)
 
     asyncio.run(main())
 
