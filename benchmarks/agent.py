@@ -33,11 +33,11 @@ from sidecar_agent.http.metrics import AgentMetrics  # noqa: E402
 from sidecar_agent.pipeline import Pipeline  # noqa: E402
 from sidecar_agent.sink import admin_api  # noqa: E402
 from sidecar_agent.sink.pusher import Pusher  # noqa: E402
-from sidecar_agent.testing import istiogen  # noqa: E402
+from amesh_testing import istiogen  # noqa: E402
 from sidecar_agent.xds import memory  # noqa: E402
 from sidecar_agent.xds.client import AdsClient, Transport  # noqa: E402
 from sidecar_agent.xds.protocol import AdsSession  # noqa: E402
-from sidecar_agent.xds.server import AdsServer  # noqa: E402
+from amesh_testing.ads_server import AdsServer  # noqa: E402
 
 
 class ClockSink:

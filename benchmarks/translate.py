@@ -39,7 +39,7 @@ KINDS = ("listeners", "route_configs", "clusters", "endpoints")
 
 
 def _write_input(n: int, path: Path) -> dict:
-    from sidecar_agent.testing import istiogen
+    from amesh_testing import istiogen
 
     started = time.perf_counter()
     xds = istiogen.synthetic_mesh(n, endpoints=10, subsets=2)
@@ -70,7 +70,7 @@ def _child(path: Path, changes: int, profile: bool, stream: bool = False) -> dic
     from envoy.config.route.v3 import route_pb2
 
     from sidecar_agent.configdump import XdsResources
-    from sidecar_agent.testing import istiogen  # noqa: F401  (registers the typed configs' descriptors)
+    from amesh_testing import istiogen  # noqa: F401  (registers the typed configs' descriptors)
     from sidecar_agent.translate import Translator
 
     blob = pickle.loads(path.read_bytes())

@@ -21,8 +21,8 @@ from controller.reconcile import Actions, ConfigKey, Reconciler
 from controller.selection import pod_from
 from controller.stream import Hub, PluginStreamServicer, start_server
 from controller.validation import PluginChecker
-from sidecar_agent.http.server import serve
-from sidecar_agent.xds.backoff import Backoff
+from amesh_common.http_server import serve
+from amesh_common.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 
 import click
@@ -15,8 +14,11 @@ DEFAULT_SCHEMA_DIR = str(APISIX_SCHEMA_DIR)  # shipped with the package
 
 
 @click.command()
+@click.option("--kubeconfig", envvar="KUBECONFIG", metavar="FILE[:FILE...]",
+              help="kubeconfig file(s) as kubectl reads them (default: the service account in a pod, else ~/.kube/config).")
+@click.option("--context", "kube_context", help="kubeconfig context to use (default: its current-context).")
 @click.option("--kube-url", envvar="AMESH_CONTROLLER_KUBE_URL",
-              help="API server URL (default: in-cluster service account, KUBERNETES_SERVICE_HOST).")
+              help="API server URL, overriding any kubeconfig and the in-cluster service account.")
 @click.option("--kube-token-file", envvar="AMESH_CONTROLLER_KUBE_TOKEN_FILE", type=click.Path(dir_okay=False, path_type=Path),
               help="Bearer token file for --kube-url (re-read on every request).")
 @click.option("--kube-ca-file", envvar="AMESH_CONTROLLER_KUBE_CA_FILE", type=click.Path(dir_okay=False, path_type=Path),
@@ -36,21 +38,21 @@ DEFAULT_SCHEMA_DIR = str(APISIX_SCHEMA_DIR)  # shipped with the package
               help="Audience the agents' tokens must carry (TokenReview spec.audiences); repeatable.")
 @click.option("--log-level", envvar="AMESH_CONTROLLER_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-def main(kube_url, kube_token_file, kube_ca_file, schema_dir, grpc_host, grpc_port, metrics_port, health_port,
+def main(kubeconfig, kube_context, kube_url, kube_token_file, kube_ca_file, schema_dir, grpc_host, grpc_port, metrics_port, health_port,
          audiences, log_level) -> None:
     """Run the controller until interrupted."""
     from controller.app import Controller, Settings
-    from controller.kube import KubeConfig, KubeError
+    from controller.kube import KubeConfigError
+    from controller.kubeconfig import resolve
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        kube = (KubeConfig(kube_url, token_file=kube_token_file, ca_file=kube_ca_file) if kube_url
-                else KubeConfig.in_cluster(os.environ))
+        kube = resolve(kube_url, kube_token_file, kube_ca_file, kubeconfig, kube_context)
         host = f"[{grpc_host}]" if ":" in grpc_host else grpc_host
         controller = Controller(Settings(kube=kube, schema_dir=str(schema_dir), grpc_address=f"{host}:{grpc_port}",
                                          metrics_port=metrics_port, health_port=health_port,
                                          token_audiences=tuple(audiences)))
-    except (KubeError, FileNotFoundError) as exc:
+    except (KubeConfigError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     try:
         asyncio.run(controller.run())

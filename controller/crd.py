@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sidecar_agent.plugins.model import Direction, PluginType
+from amesh_common.plugin_model import Direction, PluginType
 
 GROUP, VERSION, PLURAL, KIND = "apisix.apache.org", "v1alpha1", "ameshpluginconfigs", "AmeshPluginConfig"
 

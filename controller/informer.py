@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from controller.kube import Gone, Kube, Watch, WatchEvent
-from sidecar_agent.xds.backoff import Backoff
+from amesh_common.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

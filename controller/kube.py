@@ -17,7 +17,7 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
@@ -27,6 +27,10 @@ from controller.crd import GROUP, PLURAL, VERSION
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 PODS = "/api/v1/pods"
 CONFIGS = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+
+
+class KubeConfigError(Exception):
+    """No usable API server setting (not in a cluster, no kubeconfig, a broken kubeconfig): the message says which."""
 
 
 class KubeError(Exception):
@@ -45,19 +49,35 @@ class KubeConfig:
     token: str | None = None
     token_file: Path | None = None  # re-read on every request: projected tokens rotate
     ca_file: Path | None = None
+    cert_file: Path | None = None  # client certificate and key (kubeconfig users)
+    key_file: Path | None = None
+    verify: bool = True  # False only for a kubeconfig cluster with insecure-skip-tls-verify
+    token_source: Callable[[], str | None] | None = None  # asked on every request (kubeconfig exec/token users)
 
     @classmethod
     def in_cluster(cls, env: Mapping[str, str] = os.environ) -> "KubeConfig":
         host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
         if not host:
-            raise KubeError(0, "not in a cluster (KUBERNETES_SERVICE_HOST unset); pass --kube-url")
+            raise KubeConfigError("not running in a Kubernetes pod (KUBERNETES_SERVICE_HOST is unset)")
         host = f"[{host}]" if ":" in host else host
         return cls(f"https://{host}:{port}", token_file=SA_DIR / "token", ca_file=SA_DIR / "ca.crt")
 
     def bearer(self) -> str | None:
+        if self.token_source is not None:
+            return self.token_source()
         if self.token_file is not None:
             return self.token_file.read_text().strip()
         return self.token
+
+
+def _tls_context(config: KubeConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    if not config.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if config.cert_file is not None:
+        context.load_cert_chain(str(config.cert_file), str(config.key_file) if config.key_file else None)
+    return context
 
 
 @dataclass(frozen=True)
@@ -114,10 +134,9 @@ class Kube:
         self.timeout = timeout
         url = urlsplit(config.base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
-            raise KubeError(0, f"bad API server URL {config.base_url!r}")
+            raise KubeConfigError(f"bad API server URL {config.base_url!r} (expected http:// or https://host)")
         self._url = url
-        self._ssl = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None) \
-            if url.scheme == "https" else None
+        self._ssl = _tls_context(config) if url.scheme == "https" else None
 
     def _connect(self, timeout: float) -> http.client.HTTPConnection:
         port = self._url.port

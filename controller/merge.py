@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from controller.crd import PluginConfig
 from controller.selection import Pod, PodKey, selects
-from sidecar_agent.plugins.model import ControllerPlugin, Direction, PluginSet, PluginType
+from amesh_common.plugin_model import ControllerPlugin, Direction, PluginSet, PluginType
 
 
 @dataclass(frozen=True)

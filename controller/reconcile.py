@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from controller.crd import PluginConfig
 from controller.merge import Conflict, merge_for_pod
 from controller.selection import Pod, PodKey, selects
-from sidecar_agent.plugins.model import EMPTY, PluginSet
+from amesh_common.plugin_model import EMPTY, PluginSet
 
 ConfigKey = tuple[str, str]
 

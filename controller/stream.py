@@ -18,10 +18,10 @@ import grpc
 
 from controller.auth import Refused
 from controller.metrics import ControllerMetrics
-from controller.proto import pb2, pb2_grpc
+from amesh_common.proto import pb2, pb2_grpc
 from controller.selection import PodKey
-from controller.wire import to_message
-from sidecar_agent.plugins.model import PluginSet
+from amesh_common.wire import to_message
+from amesh_common.plugin_model import PluginSet
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 15810

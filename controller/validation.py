@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from sidecar_agent.plugins.merge import apisix_form
-from sidecar_agent.plugins.model import ControllerPlugin, Direction, PluginType
+from amesh_common.plugin_model import ControllerPlugin, Direction, PluginType
 from sidecar_agent.schema import Schemas
 
 

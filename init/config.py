@@ -6,28 +6,36 @@ so a bad invocation reports all of them and stops before any rule is touched.
 
 from __future__ import annotations
 
-import enum
-import ipaddress
-import re
-from typing import Callable, Mapping, NamedTuple
+from init.records import record
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# ipaddress.IPv4Network | ipaddress.IPv6Network; ipaddress itself is imported only when a CIDR is given.
+IPNetwork = "ipaddress.IPv4Network | ipaddress.IPv6Network"
 
 
-class Mode(enum.Enum):
+# Choices are plain strings, not Enums: importing enum (and defining the classes) costs start-up time.
+class Mode:
+    """Inbound interception mode (compare with `is`: a config holds these very objects)."""
+
     REDIRECT = "REDIRECT"
     TPROXY = "TPROXY"
 
 
-class Backend(enum.Enum):
+class Backend:
+    """iptables backend: auto-detected, or forced."""
+
     AUTO = "auto"
     LEGACY = "legacy"
     NFT = "nft"
 
 
-class CaptureConfig(NamedTuple):
-    # A NamedTuple, not a dataclass: defining a 33-field frozen dataclass costs more start-up time than
-    # planning all the rules (see benchmarks/init_apply.py).
+_MODES = {Mode.REDIRECT: Mode.REDIRECT, Mode.TPROXY: Mode.TPROXY}
+_BACKENDS = {Backend.AUTO: Backend.AUTO, Backend.LEGACY: Backend.LEGACY, Backend.NFT: Backend.NFT}
+
+
+@record
+class CaptureConfig:
+    # A record (a namedtuple), not a dataclass: defining a 33-field frozen dataclass costs more start-up
+    # time than planning all the rules (see benchmarks/init_apply.py).
     proxy_port: int = 15001
     inbound_capture_port: int = 15006
     inbound_tunnel_port: int = 15008
@@ -77,13 +85,43 @@ class ConfigError(ValueError):
 
 # The raw inputs, keyed by the long flag name without dashes (underscored). Values are what the
 # command line or environment gave, as strings; booleans are already bools.
-RawFlags = Mapping[str, object]
+# (the annotations below are not evaluated: typing is not imported on this path)
+RawFlags = "Mapping[str, object]"
+# (kind, name) → whether the user ("user") or group ("group") name resolves; host.owner_known is the real one.
+OwnerLookup = "Callable[[str, str], bool]"
 
-_IFNAME = re.compile(r"^[^\s/:,]{1,15}$")
-_OWNER = re.compile(r"^([0-9]+|[A-Za-z_][A-Za-z0-9_.-]*\$?)$")
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_NAME_START = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+_NAME_REST = _NAME_START | set("0123456789.-")
+
+
+# Hand-written checks instead of regular expressions: `re` is not otherwise imported when a pod starts.
+def _is_interface(name: str) -> bool:
+    return 1 <= len(name) <= 15 and not any(ch.isspace() or ch in "/:," for ch in name)
+
+
+def _is_owner(text: str) -> bool:
+    """A number, or a user/group name as useradd allows it (a trailing $ for machine accounts)."""
+    if text.isascii() and text.isdigit():
+        return True
+    name = text[:-1] if text.endswith("$") else text
+    return bool(name) and name[0] in _NAME_START and all(ch in _NAME_REST for ch in name[1:])
+
+
+def _go_duration(text: str) -> float | None:
+    """Seconds in a Go duration (5s, 1m30s, 1.5h, 300ms), or None."""
+    total, rest = 0.0, text
+    if not rest:
+        return None
+    while rest:
+        digits = len(rest) - len(rest.lstrip("0123456789."))
+        number, rest = rest[:digits], rest[digits:]
+        unit = next((u for u in ("ns", "us", "µs", "ms", "s", "m", "h") if rest.startswith(u)), None)
+        if unit is None or number.count(".") > 1 or not number.strip("."):
+            return None
+        total += float(number) * _UNIT_SECONDS[unit]
+        rest = rest[len(unit):]
+    return total
 
 
 def split_list(value: str) -> list[str]:
@@ -119,7 +157,10 @@ class _Collector:
 
     def cidrs(self, flag: str, value: str) -> tuple[IPNetwork, ...]:
         networks = []
-        for item in split_list(value):
+        items = split_list(value)
+        if items:
+            import ipaddress
+        for item in items:
             try:
                 networks.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
@@ -129,30 +170,37 @@ class _Collector:
     def interfaces(self, flag: str, value: str) -> tuple[str, ...]:
         names = split_list(value)
         for name in names:
-            if not _IFNAME.match(name):
+            if not _is_interface(name):
                 self.problems.append(f"{flag}: invalid interface name {name!r}")
         return tuple(names)
 
-    def owners(self, flag: str, value: str) -> tuple[str, ...]:
+    def owners(self, flag: str, value: str, kind: str, known: OwnerLookup | None) -> tuple[str, ...]:
+        """UIDs or GIDs: numbers, or names that resolve on this host (iptables' owner match resolves them
+        when the rule is added; an unknown one would fail the apply late, after the dry run passed)."""
         owners = split_list(value)
         for owner in owners:
-            if not _OWNER.match(owner):
-                self.problems.append(f"{flag}: invalid user or group {owner!r}")
+            if not _is_owner(owner):
+                self.problems.append(f"{flag}: invalid {kind} {owner!r} (want a number or a {kind} name)")
+            elif not owner.isdigit() and known is not None and not known(kind, owner):
+                self.problems.append(f"{flag}: unknown {kind} {owner!r} (not a number, and no such {kind} "
+                                     "on this host)")
         return tuple(owners)
 
     def duration(self, flag: str, value: str) -> float:
-        text = value.strip()
-        if _DURATION.match(text):
-            return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+        seconds = _go_duration(value.strip())
+        if seconds is not None:
+            return seconds
         self.problems.append(f"{flag}: invalid duration {value!r} (want e.g. 5s, 500ms)")
         return 0.0
 
 
-def build_config(raw: RawFlags, default_proxy_uid: str | Callable[[], str]) -> CaptureConfig:
+def build_config(raw: RawFlags, default_proxy_uid: str | Callable[[], str],
+                 owner_known: OwnerLookup | None = None) -> CaptureConfig:
     """Turn raw flag values into a CaptureConfig, or raise ConfigError listing every problem.
 
     `default_proxy_uid` is what an empty --proxy-uid means (Istio: the uid of $ENVOY_USER, else 1337);
-    the caller may pass a lookup, called only when needed, so this stays pure.
+    the caller may pass a lookup, called only when needed, so this stays pure. `owner_known` checks user
+    and group names (None: names are not checked).
     """
     c = _Collector()
     text = lambda key: str(raw.get(key) or "")  # noqa: E731 - tiny accessor
@@ -161,9 +209,9 @@ def build_config(raw: RawFlags, default_proxy_uid: str | Callable[[], str]) -> C
     mode_text = text("istio_inbound_interception_mode").strip()
     mode = Mode.REDIRECT
     if mode_text:
-        try:
-            mode = Mode(mode_text.upper())
-        except ValueError:
+        mode = _MODES.get(mode_text.upper())
+        if mode is None:
+            mode = Mode.REDIRECT
             c.problems.append(
                 f"--istio-inbound-interception-mode: invalid mode {mode_text!r} (want REDIRECT or TPROXY)"
             )
@@ -183,15 +231,21 @@ def build_config(raw: RawFlags, default_proxy_uid: str | Callable[[], str]) -> C
     else:
         exclude_cidrs = c.cidrs("--istio-service-exclude-cidr", exclude)
 
-    uids = c.owners("--proxy-uid", text("proxy_uid")) or (
+    uids = c.owners("--proxy-uid", text("proxy_uid"), "user", owner_known) or (
         default_proxy_uid() if callable(default_proxy_uid) else default_proxy_uid,
     )
-    gids = c.owners("--proxy-gid", text("proxy_gid")) or uids
+    gids = c.owners("--proxy-gid", text("proxy_gid"), "group", owner_known)
+    if not gids:
+        # Istio: no --proxy-gid means the same ids as --proxy-uid; a user name must then be a group too.
+        gids = uids
+        for name in uids:
+            if (not name.isdigit() and owner_known is not None and owner_known("user", name)
+                    and not owner_known("group", name)):
+                c.problems.append(f"--proxy-gid: unknown group {name!r} (taken from --proxy-uid; pass -g)")
 
     backend_text = (text("iptables_backend") or "auto").strip().lower()
-    try:
-        backend = Backend(backend_text)
-    except ValueError:
+    backend = _BACKENDS.get(backend_text)
+    if backend is None:
         c.problems.append(f"--iptables-backend: invalid backend {backend_text!r} (want auto, legacy or nft)")
         backend = Backend.AUTO
 
@@ -240,6 +294,8 @@ def build_config(raw: RawFlags, default_proxy_uid: str | Callable[[], str]) -> C
         cni_mode=flag("cni_mode"),
         backend=backend,
     )
+    if config.cni_mode and not config.network_namespace:
+        c.problems.append("--cni-mode: needs --network-namespace (the pod's network namespace to program)")
     if config.probe_timeout <= 0 and not c.problems:
         c.problems.append("--probe-timeout: must be greater than zero")
     if c.problems:

@@ -5,15 +5,16 @@ Tests build a HostFacts literal instead of reading the machine.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import pwd
-from typing import NamedTuple
+
+from init.records import record
 
 DEFAULT_PROXY_UID = "1337"
 
 
-class HostFacts(NamedTuple):
+@record
+class HostFacts:
     ipv6: bool = False
     dns_servers_v4: tuple[str, ...] = ()
     dns_servers_v6: tuple[str, ...] = ()
@@ -28,6 +29,17 @@ def default_proxy_uid(env: dict[str, str] | os._Environ = os.environ) -> str:
         return DEFAULT_PROXY_UID
 
 
+def owner_known(kind: str, name: str) -> bool:
+    """Whether a user ("user") or group ("group") name resolves here, as iptables' owner match will."""
+    import grp
+
+    try:
+        (pwd.getpwnam if kind == "user" else grp.getgrnam)(name)
+    except KeyError:
+        return False
+    return True
+
+
 def has_global_ipv6(if_inet6: str = "/proc/net/if_inet6") -> bool:
     """True when a non-loopback interface holds an IPv6 address that is not link-local.
 
@@ -35,7 +47,7 @@ def has_global_ipv6(if_inet6: str = "/proc/net/if_inet6") -> bool:
     sorts first then gets no IPv6 capture at all. Any global IPv6 address enables it here.
     """
     try:
-        with open(if_inet6, encoding="ascii") as fh:
+        with open(if_inet6, encoding="utf-8") as fh:
             lines = fh.read().splitlines()
     except OSError:
         return False
@@ -51,6 +63,8 @@ def has_global_ipv6(if_inet6: str = "/proc/net/if_inet6") -> bool:
 
 def resolv_conf_servers(path: str = "/etc/resolv.conf") -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Nameservers of resolv.conf split by family (IPv4, IPv6); unreadable file → none."""
+    import ipaddress  # only DNS capture reads resolv.conf: the common pod start does without it
+
     v4: list[str] = []
     v6: list[str] = []
     try:

@@ -7,10 +7,8 @@ family-specific addresses substituted from placeholders.
 
 from __future__ import annotations
 
-import enum
-from typing import NamedTuple
-
 from init.config import CaptureConfig, IPNetwork, Mode
+from init.records import record
 
 DNS_PORT = "53"
 AGENT_DNS_PORT = "15053"
@@ -23,9 +21,12 @@ TARGETS = frozenset({"ACCEPT", "RETURN", "DROP", "REJECT", "REDIRECT", "TPROXY",
 CHAIN_PREFIX = "ISTIO_"
 
 
-class Family(enum.IntEnum):
+class Family:
+    """Address families as plain ints (an IntEnum costs start-up time)."""
+
     V4 = 4
     V6 = 6
+    ALL = (4, 6)
 
 
 class Placeholder:
@@ -43,9 +44,10 @@ _ADDRESSES = {
 }
 
 
-# Immutable records are NamedTuples on this path: a dataclass costs ~6x more to define, and the
+# Immutable records are namedtuples on this path: a dataclass costs ~6x more to define, and the
 # init program's start-up time is part of every pod's start (benchmarks/init_apply.py).
-class Rule(NamedTuple):
+@record
+class Rule:
     table: str
     chain: str
     args: tuple[str, ...]
@@ -69,7 +71,8 @@ def jump_target(words) -> str | None:
     return None
 
 
-class PolicyRoute(NamedTuple):
+@record
+class PolicyRoute:
     """TPROXY: `ip rule add fwmark MARK lookup TABLE` + `ip route add local default dev lo table TABLE`."""
 
     family: Family
@@ -77,14 +80,15 @@ class PolicyRoute(NamedTuple):
     table: int
 
 
-class Plan(NamedTuple):
+@record
+class Plan:
     ipv6: bool
     v4: tuple[Rule, ...]
     v6: tuple[Rule, ...]
     routes: tuple[PolicyRoute, ...]
 
     def rules(self, family: Family) -> tuple[Rule, ...]:
-        return self.v4 if family is Family.V4 else self.v6
+        return self.v4 if family == Family.V4 else self.v6
 
     @property
     def families(self) -> tuple[Family, ...]:
@@ -97,13 +101,13 @@ class _Builder:
         self.rules: dict[Family, list[Rule]] = {Family.V4: [], Family.V6: []}
 
     def add(self, family: Family, table: str, chain: str, *args: object, position: int | None = None) -> None:
-        if family is Family.V6 and not self.ipv6:
+        if family == Family.V6 and not self.ipv6:
             return
         resolved = tuple(_ADDRESSES.get((a, family)) or str(a) for a in args)
         self.rules[family].append(Rule(table, chain, resolved, position))
 
     def both(self, table: str, chain: str, *args: object, position: int | None = None) -> None:
-        for family in Family:
+        for family in Family.ALL:
             self.add(family, table, chain, *args, position=position)
 
     def per_network(self, networks: tuple[IPNetwork, ...], table: str, chain: str, *args: object) -> None:

@@ -11,9 +11,8 @@ Two renderings of one rule list, so apply and undo cannot drift apart:
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from init.plan import BUILTIN_CHAINS, CHAIN_PREFIX, TARGETS, Rule, jump_target
+from init.records import record
 
 TABLE_ORDER = ("filter", "mangle", "nat", "raw", "security")
 
@@ -49,7 +48,8 @@ def restore_text(rules: tuple[Rule, ...]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-class TableState(NamedTuple):
+@record
+class TableState:
     chains: list[str]  # every chain, built-in first as saved
     rules: list[tuple[str, str]]  # (chain, "-A chain ..." as saved)
 
@@ -81,7 +81,8 @@ def is_ours(chain: str) -> bool:
     return chain.startswith(CHAIN_PREFIX)
 
 
-class Residue(NamedTuple):
+@record
+class Residue:
     """What a previous run left in one table: built-in-chain rules to delete (as `-D` specs) and our chains."""
 
     deletions: tuple[str, ...]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
 
 from init.apply import ApplyError, Executor
 
@@ -20,13 +19,13 @@ from init.render import (
     transaction_text,
 )
 
-Log = Callable[[str], None]
+Log = "Callable[[str], None]"  # (typing is not imported on the apply path)
 
 _RESTORE = {Family.V4: "iptables-restore", Family.V6: "ip6tables-restore"}
 
 
 def route_commands(route: PolicyRoute) -> list[str]:
-    inet, default = ("inet", "default") if route.family is Family.V4 else ("inet6", "::/0")
+    inet, default = ("inet", "default") if route.family == Family.V4 else ("inet6", "::/0")
     return [
         f"ip -f {inet} rule add fwmark {route.mark} lookup {route.table}",
         f"ip -f {inet} route add local {default} dev lo table {route.table}",
@@ -59,26 +58,38 @@ def _residues(executor: Executor, family: Family, p: Plan) -> dict[str, Residue]
 
 
 def apply(p: Plan, executor: Executor, log: Log = print) -> None:
-    """Program the plan; on any failure undo what this run committed and raise ApplyError."""
+    """Program the plan; on any failure undo what this run did and raise ApplyError with the original
+    error (and whatever could not be undone)."""
     texts = {family: transaction_text(p.rules(family), _residues(executor, family, p)) for family in p.families}
-    committed: list[Family] = []
+    touched: list[Family] = []  # families to clean on failure
+    loopback_added = False
     routes_added: list[PolicyRoute] = []
     try:
         for family in p.families:
             log(f"Applying with {_RESTORE[family]} --noflush:\n{texts[family]}")
+            if not executor.atomic:
+                touched.append(family)  # one command at a time: a failure may leave part of it
             executor.restore(family, texts[family])
-            committed.append(family)
+            if executor.atomic:
+                touched.append(family)
         if p.ipv6:
-            executor.add_loopback_v6()
+            loopback_added = executor.add_loopback_v6()
         for route in p.routes:
             routes_added.append(route)  # before adding: a half-done add (rule without route) is undone too
             executor.add_route(route)
-    except ApplyError:
-        for route in routes_added:
-            executor.remove_route(route)
-        for family in committed:
-            executor.restore(family, cleanup_text(_residues(executor, family, p)))
-        raise
+    except Exception as error:
+        undo = [lambda r=route: executor.remove_route(r) for route in reversed(routes_added)]
+        undo += [executor.remove_loopback_v6] if loopback_added else []
+        undo += [lambda f=family: executor.restore(f, cleanup_text(_residues(executor, f, p)))
+                 for family in reversed(touched)]
+        failures = []
+        for step in undo:  # every step is tried: one failing must not keep the others from undoing
+            try:
+                step()
+            except Exception as undo_error:  # noqa: BLE001 - reported with the original error
+                failures.append(str(undo_error) or type(undo_error).__name__)
+        message = str(error) if isinstance(error, ApplyError) else f"{type(error).__name__}: {error}"
+        raise ApplyError(message, tuple(failures)) from error
 
 
 def cleanup_preview(p: Plan, executor: Executor) -> str:

@@ -87,8 +87,9 @@ def test_validation_without_rules_fails_with_126(make_network, backend):
     assert ruleset.save(network.pod, backend, 4).get("nat") is None, "--skip-rule-apply programmed rules"
 
 
-@pytest.mark.parametrize("bad", [["-x", "*"], ["-p", "notaport"], ["-m", "BOGUS"], ["-b", "80,99999"]],
-                         ids=["exclude-star", "bad-port", "bad-mode", "port-range"])
+@pytest.mark.parametrize("bad", [["-x", "*"], ["-p", "notaport"], ["-m", "BOGUS"], ["-b", "80,99999"],
+                                 ["-u", "no-such-user-amesh"]],
+                         ids=["exclude-star", "bad-port", "bad-mode", "port-range", "unknown-user"])
 def test_bad_input_exits_1_and_changes_nothing(make_network, backend, bad):
     network = make_network()
     add_foreign_rules(network.pod, backend)
@@ -96,5 +97,6 @@ def test_bad_input_exits_1_and_changes_nothing(make_network, backend, bad):
     result = processes.amesh(network.pod, [*capture.with_flags(**{bad[0][1:]: bad[1]}),
                                            "--iptables-backend", backend.value])
     assert result.returncode == 1, (result.returncode, result.stderr)
-    assert result.stderr.strip(), "bad input must be explained on stderr"
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("amesh-iptables: error: "), \
+        "bad input must be explained in one line on stderr"
     assert snapshot(network.pod, backend) == before

@@ -8,6 +8,7 @@ echo "== amesh-iptables dry run, Istio's default injection arguments"
 .venv/bin/amesh-iptables istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x "" -b '*' \
     -d 15090,15021,15020 --dry-run
 if [ -f e2e/bookinfo/productpage.config_dump.json ]; then
-    echo "== amesh-agent translate e2e/bookinfo/productpage.config_dump.json (APISIX standalone YAML)"
-    .venv/bin/amesh-agent translate e2e/bookinfo/productpage.config_dump.json --format yaml --report
+    out="${TMPDIR:-/tmp}/amesh-bookinfo-apisix.yaml"
+    echo "== amesh-agent translate e2e/bookinfo/productpage.config_dump.json (summary; the APISIX standalone YAML: $out)"
+    .venv/bin/amesh-agent translate e2e/bookinfo/productpage.config_dump.json --format yaml -o "$out" --summary
 fi

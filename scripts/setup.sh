@@ -12,7 +12,9 @@ missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
-PYTHON=${PYTHON:-python3}
+# Debian's own Python by default: the local mesh (amesh-mesh) runs the sidecar agent as UID 1337, which must
+# be able to read the interpreter (a Python under /root, e.g. pyenv's, is not readable by other users).
+PYTHON=${PYTHON:-/usr/bin/python3}
 if ! command -v "$PYTHON" >/dev/null || ! "$PYTHON" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     missing+=(python3 python3-venv python3-dev)
     PYTHON=/usr/bin/python3
@@ -28,7 +30,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     rm -f /usr/sbin/policy-rc.d.amesh
 fi
 
+# a .venv made from another interpreter is made again from this one
+if [ -x .venv/bin/python ] && [ "$(.venv/bin/python -c 'import os, sys; print(os.path.realpath(sys._base_executable))')" != "$("$PYTHON" -c 'import os, sys; print(os.path.realpath(sys.executable))')" ]; then
+    rm -rf .venv
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
-echo "setup done: $(.venv/bin/python --version), $(iptables --version)"
+# Exact versions from constraints.txt (one list for CI, developers and the images; 'make constraints' refreshes it).
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
+# The real peers of the local mesh and its tests: APISIX 3.18 (into /usr/local/apisix, as the official image
+# lays it out) and istiod (unpacked on first use by amesh-mesh), from ../shared/peers beside the project.
+PEERS=../shared/peers
+if [ ! -f /usr/local/apisix/apisix/cli/apisix.lua ] && [ -f "$PEERS/apisix/install.sh" ]; then
+    sh "$PEERS/apisix/install.sh" >/dev/null
+fi
+echo "setup done: $(.venv/bin/python --version), $(iptables --version)," \
+     "APISIX $( [ -f /usr/local/apisix/apisix/cli/apisix.lua ] && echo installed || echo 'missing (no ../shared/peers/apisix)')"

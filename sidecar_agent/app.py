@@ -8,6 +8,8 @@ import logging
 import os
 import resource
 import signal
+import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ from sidecar_agent.apisix import config as apisix_config
 from sidecar_agent.apisix import datapath
 from sidecar_agent.apisix.supervisor import Supervisor, apisix_command
 from sidecar_agent.http import clusters as clusters_mod, diag, health, metrics as metrics_mod
-from sidecar_agent.http.server import Running, serve
+from amesh_common.http_server import Running, serve
 from sidecar_agent.pipeline import Pipeline
 from sidecar_agent.sink.admin_api import AdminApiSink
 from sidecar_agent.sink.file import FileSink
@@ -75,6 +77,17 @@ class AgentConfig:
             if not 0 <= getattr(self, name) <= 65535:
                 out.append(f"{name} must be 0-65535")
         return out
+
+
+FILE_POLL_SECONDS = 1.5  # APISIX re-reads conf/apisix.yaml once a second (data_plane + yaml)
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def default_check(schema_dir: Path | None):
@@ -147,7 +160,9 @@ class Agent:
             self.metrics.plugin_stream_connected.set_function(lambda: float(client.connected))
         self.supervisor: Supervisor | None = None
         if not cfg.no_apisix:
-            self.supervisor = Supervisor(apisix_command(str(cfg.apisix_prefix)), on_start=self._apisix_started)
+            prometheus = self.apisix_settings.prometheus_port
+            self.supervisor = Supervisor(apisix_command(str(cfg.apisix_prefix)), on_start=self._apisix_started,
+                                         serving=lambda: _listening("127.0.0.1", prometheus))
 
     # -- readiness and HTTP -----------------------------------------------------------------------
     def not_ready(self) -> str | None:
@@ -155,6 +170,24 @@ class Agent:
             return "draining"
         if not self.pusher.ever_complete:
             return "no complete configuration live in APISIX yet"
+        if self.supervisor is not None:
+            return self._apisix_not_serving()
+        return None
+
+    def _apisix_not_serving(self) -> str | None:
+        """The APISIX this agent runs must be up, listening, and (file mode) have read the file: its workers
+        load conf/apisix.yaml when they start and then poll it once a second."""
+        supervisor = self.supervisor
+        if supervisor is None or supervisor.pid is None:
+            return "APISIX is not running"
+        if not supervisor.serving():
+            return "APISIX is starting (its listeners are not open yet)"
+        if not supervisor.current:
+            return "APISIX is reloading for the listeners the configuration needs"
+        if self.config.apisix_mode is apisix_config.Mode.FILE and supervisor.started_at is not None:
+            delivered = self.pusher.complete_at or 0.0
+            if supervisor.started_at < delivered and time.monotonic() < delivered + FILE_POLL_SECONDS:
+                return "APISIX is loading the configuration file"
         return None
 
     async def _on_plugins(self, plugin_set) -> None:
@@ -212,6 +245,7 @@ class Agent:
         if self.supervisor is None or not datapath.needs_reload(self.data_path, wanted):
             return
         self._write_apisix_config(wanted)
+        self.supervisor.config_changed()
         self.metrics.apisix_reloads.inc()
         asyncio.get_running_loop().create_task(self.supervisor.reload(), name="apisix-reload")
 

@@ -19,9 +19,12 @@ def main() -> None:
 @main.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the document here (default: standard output).")
+              help="Write the document here (default: standard output; with --summary: not written).")
 @click.option("--format", "fmt", type=click.Choice(["json", "yaml"]), default="json", show_default=True,
               help="json: body for PUT /apisix/admin/configs; yaml: conf/apisix.yaml (ends with #END).")
+@click.option("--summary", is_flag=True,
+              help="Print a short summary (per service and port: routes, upstreams, what each rule became) "
+                   "to standard output instead of the document; -o still writes the document.")
 @click.option("--report", is_flag=True, help="Print the unsupported-field report to standard error.")
 @click.option("--schema-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Validate against APISIX's JSON Schemas in this directory before writing.")
@@ -30,36 +33,52 @@ def main() -> None:
                    "dump's bootstrap node metadata. Without any, inbound is reported, not translated.")
 @click.option("--outbound-policy", type=click.Choice(["ALLOW_ANY", "REGISTRY_ONLY"]),
               help="The mesh's outboundTrafficPolicy.mode (default: what virtualOutbound encodes).")
-def translate(input_path: Path, output: Path | None, fmt: str, report: bool, schema_dir: Path | None,
-              pod_ips: tuple[str, ...], outbound_policy: str | None) -> None:
+def translate(input_path: Path, output: Path | None, fmt: str, summary: bool, report: bool,
+              schema_dir: Path | None, pod_ips: tuple[str, ...], outbound_policy: str | None) -> None:
     """Translate an Envoy /config_dump (JSON/YAML) or a directory of xDS resources into an APISIX document
     (routes, upstreams, and the data path's stream_routes on 15001/15006)."""
     from sidecar_agent.configdump import ConfigDumpError, load_config_dump
+    from sidecar_agent.schema import SchemaDirError, Schemas, validate_document
     from sidecar_agent.translate import TranslationError
     from sidecar_agent.translate import translate as run_translation
     from sidecar_agent.translate.render import render
     from sidecar_agent.translate.stream import OutboundPolicy
+    from sidecar_agent.translate.summary import summarize
 
+    if schema_dir is not None:
+        try:
+            Schemas(schema_dir)  # a wrong folder is named before any work
+        except SchemaDirError as exc:
+            raise click.BadParameter(str(exc), param_hint="--schema-dir") from None
     try:
         if not pod_ips and input_path.is_file():
             pod_ips = _dump_pod_ips(input_path)
-        result = run_translation(load_config_dump(input_path), pod_ips=pod_ips,
+        resources = load_config_dump(input_path)
+        if not (resources.listeners or resources.route_configs or resources.clusters or resources.endpoints):
+            raise click.ClickException(
+                f"{input_path} holds no xDS resources (listeners, routes, clusters, endpoints): give an Envoy "
+                "/config_dump, a list of resources, or a directory of them")
+        result = run_translation(resources, pod_ips=pod_ips,
                                  outbound_policy=OutboundPolicy(outbound_policy) if outbound_policy else None)
     except (ConfigDumpError, TranslationError, ValueError) as exc:
-        raise click.ClickException(f"invalid input: {exc}") from None
+        # one line: YAML parser errors span several
+        raise click.ClickException(f"invalid input: {' '.join(str(exc).split())}") from None
     if schema_dir is not None:
-        from sidecar_agent.schema import validate_document
-
         problems = validate_document(result.document, schema_dir)
         if problems:
             raise click.ClickException("the document does not validate:\n  " + "\n  ".join(problems[:50]))
-    text = render(result.document, fmt)
-    if output is None:
-        sys.stdout.write(text)
-    else:
+    if output is not None:
         tmp = output.with_name(output.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(output)  # never leave a half-written file behind
+        try:
+            tmp.write_text(render(result.document, fmt), encoding="utf-8")
+            tmp.replace(output)  # never leave a half-written file behind
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {output}: {exc.strerror}; give -o a file in an existing, "
+                                       "writable directory") from None
+    if summary:
+        sys.stdout.write(summarize(result.document, result.report, output))
+    elif output is None:
+        sys.stdout.write(render(result.document, fmt))
     if report:
         sys.stderr.write(result.report.to_text())
 

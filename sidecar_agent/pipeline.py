@@ -42,7 +42,7 @@ from typing import Any, Protocol
 from google.protobuf.message import Message
 
 from sidecar_agent.http.metrics import AgentMetrics
-from sidecar_agent.plugins.model import EMPTY as NO_PLUGINS, PluginSet
+from amesh_common.plugin_model import EMPTY as NO_PLUGINS, PluginSet
 from sidecar_agent.plugins.overlay import Overlay
 from sidecar_agent.sink.pusher import Document, Pusher
 from sidecar_agent.store import EMPTY, Resource, Snapshot
@@ -401,6 +401,6 @@ class Pipeline:
     def _update_report(self) -> None:
         self._report = None
         try:
-            self.metrics.unsupported.set(sum(self.translator.report().by_field().values()))
+            self.metrics.unsupported.set(self.translator.report().by_effect())
         except Exception:  # a metric must never take the agent down
             log.exception("translation report failed")

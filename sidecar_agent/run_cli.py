@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -158,10 +159,23 @@ def run(**options) -> None:
     logging.basicConfig(level=options.pop("log_level").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        agent = Agent(config_of(options), main_env())
+        config = config_of(options)
+        agent = Agent(config, main_env())
     except (ValueError, IdentityError) as exc:
         raise click.UsageError(str(exc)) from None
+    if agent.supervisor is not None:  # else its first start ends the agent in a traceback
+        missing = missing_programs(agent.supervisor.command)
+        if missing:
+            raise click.ClickException(
+                f"{' and '.join(missing)} not on PATH: run the agent in the amesh-sidecar image (APISIX "
+                "installed), add APISIX's bin directories to PATH, or pass --no-apisix to use an APISIX you run")
     asyncio.run(serve_forever(agent))
+
+
+def missing_programs(command, which=shutil.which) -> list[str]:
+    """The programs of a supervisor Command (`apisix init`, `openresty`) that are not on PATH."""
+    programs = [step[0] for step in (*command.prepare, command.run)]
+    return [f"`{p}`" for p in dict.fromkeys(programs) if which(p) is None]
 
 
 def config_of(options: Mapping[str, object]):

@@ -18,19 +18,25 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
+from sidecar_agent.apisix.datapath import PASSTHROUGH_PLUGIN
+
 # The sidecar's own plugins -> their schema, beside the Lua module.
-OWN_PLUGINS = {"amesh-passthrough": Path(__file__).resolve().parent / "lua" / "apisix" / "plugins"
-               / "amesh-passthrough.schema.json"}
+OWN_PLUGINS = {PASSTHROUGH_PLUGIN: Path(__file__).resolve().parent / "lua" / "apisix" / "plugins"
+               / f"{PASSTHROUGH_PLUGIN}.schema.json"}
 # Document key -> core schema name.
 KINDS = {"routes": "route", "upstreams": "upstream", "services": "service", "stream_routes": "stream_route",
          "ssls": "ssl", "global_rules": "global_rule", "plugin_configs": "plugin_config", "consumers": "consumer"}
+
+
+class SchemaDirError(FileNotFoundError, ValueError):
+    """The schema directory is not one (a FileNotFoundError for callers that catch that)."""
 
 
 class Schemas:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         if not (self.directory / "core" / "route.json").is_file():
-            raise FileNotFoundError(f"{self.directory}: not an APISIX schema directory (no core/route.json)")
+            raise SchemaDirError(_not_a_schema_dir(self.directory))
 
     @lru_cache(maxsize=None)
     def _validator(self, relative: str):
@@ -63,6 +69,14 @@ class Schemas:
         if plugin is None:
             return [f"unknown plugin {name!r}"]
         return [f"plugin {name}: {_describe(e)}" for e in plugin.iter_errors(copy.deepcopy(conf))]
+
+
+def _not_a_schema_dir(directory: Path) -> str:
+    """One line naming the problem and what to give instead (a version folder below, if there is one)."""
+    below = sorted(p.parent.parent for p in directory.glob("*/core/route.json")) if directory.is_dir() else []
+    hint = (f"give a version folder, e.g. {below[-1]}" if below
+            else "give the folder holding core/ and plugins/, e.g. sidecar_agent/schemas/apisix-3.18")
+    return f"{directory}: not an APISIX schema directory (no core/route.json); {hint}"
 
 
 def validate_document(document: dict, schema_dir: str | Path) -> list[str]:

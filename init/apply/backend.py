@@ -10,15 +10,16 @@ next candidate is tried.
 from __future__ import annotations
 
 import os
-import subprocess
-from typing import NamedTuple
 
+from init.apply import spawn
 from init.config import Backend
 from init.plan import BUILTIN_CHAINS, Family
+from init.records import record
 from init.render import parse_save
 
 
-class Binaries(NamedTuple):
+@record
+class Binaries:
     backend: str  # "legacy" | "nft"
     family: Family
     restore: str
@@ -27,7 +28,7 @@ class Binaries(NamedTuple):
 
 
 def _names(family: Family, backend: str) -> tuple[str, str, str]:
-    base = "iptables" if family is Family.V4 else "ip6tables"
+    base = "iptables" if family == Family.V4 else "ip6tables"
     return f"{base}-{backend}-restore", f"{base}-{backend}-save", f"{base}-{backend}"
 
 
@@ -42,13 +43,13 @@ def _which(name: str) -> str | None:
 
 def _plain_variant(family: Family) -> Binaries | None:
     """Distributions without the suffixed names: ask the plain binary which variant it is."""
-    base = "iptables" if family is Family.V4 else "ip6tables"
+    base = "iptables" if family == Family.V4 else "ip6tables"
     paths = [_which(n) for n in (f"{base}-restore", f"{base}-save", base)]
     if not all(paths):
         return None
     try:
-        version = subprocess.run([paths[2], "--version"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        version = spawn.run([paths[2], "--version"], timeout=10).stdout
+    except OSError:
         return None
     backend = "nft" if "nf_tables" in version else "legacy"
     return Binaries(backend, family, paths[0], paths[1], paths[2])  # type: ignore[arg-type]
@@ -69,7 +70,7 @@ def holds_rules(save_output: str) -> bool:
 
 
 def run_save(binaries: Binaries) -> str:
-    result = subprocess.run([binaries.save], capture_output=True, text=True)
+    result = spawn.run([binaries.save])
     return result.stdout if result.returncode == 0 else ""
 
 
@@ -79,7 +80,7 @@ _LEGACY_TABLES = {Family.V4: "/proc/net/ip_tables_names", Family.V6: "/proc/net/
 def legacy_tables_loaded(family: Family) -> bool:
     """Legacy tables in use in this netns are listed here; an empty list spares running legacy-save."""
     try:
-        with open(_LEGACY_TABLES[family], encoding="ascii") as fh:
+        with open(_LEGACY_TABLES[family], encoding="utf-8") as fh:
             return bool(fh.read().strip())
     except OSError:
         return True  # can't tell: ask the binary
@@ -89,8 +90,8 @@ def candidates(family: Family, wanted: Backend, saves: dict | None = None) -> li
     """Backends to try, best first; empty when no iptables binary is installed. The save outputs read
     while deciding are left in `saves` (backend → text) so the caller need not run them again."""
     saves = {} if saves is None else saves
-    if wanted is not Backend.AUTO:
-        found = find(family, wanted.value)
+    if wanted != Backend.AUTO:
+        found = find(family, wanted)
         return [found] if found else []
     nft, legacy = find(family, "nft"), find(family, "legacy")
     if legacy is not None and not legacy_tables_loaded(family):

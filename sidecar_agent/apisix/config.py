@@ -99,10 +99,8 @@ def render(settings: ApisixSettings, data_path: datapath.DataPathSettings | None
         deployment = {"role": "data_plane", "role_data_plane": {"config_provider": "yaml"}}
     base = {
         "apisix": {
-            "node_listen": [
-                {"port": s.outbound_port, "enable_http2": True},
-                {"port": s.inbound_port, "enable_http2": True},
-            ],
+            # h2c with prior knowledge and HTTP/1.1 on every listener; APISIX ≥ 3.9 refuses the per-port key
+            "enable_http2": True,
             "enable_ipv6": True,
             "enable_control": False,
             "enable_admin": s.mode is Mode.API,

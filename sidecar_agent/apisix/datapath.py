@@ -9,6 +9,11 @@ A new HTTP port therefore changes this fragment (an APISIX reload); new routes d
 
 Upstream connections must leave from the UID/GID the capture rules exempt (nginx user), and inbound
 ones, like Istio's, from 127.0.0.6 / ::6 (`proxy_bind` chosen per internal listener by a map).
+
+Request mirroring (Envoy `request_mirror_policies`): APISIX's proxy-mirror sends its copy from the
+exempt UID, so a copy addressed to a service would be neither captured nor resolved. It goes to a
+fixed loopback listener instead (`mirror_port`, direction "mirror" for the hook), where one internal
+route per mirrored cluster (translate/route.py `mirror_route`) proxies it to that cluster's upstream.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ class Direction(enum.Enum):
     INBOUND = "inbound"
 
 
+MIRROR_DIRECTION = "mirror"  # amesh_direction on the mirror listener (plugin_attr.amesh.http_ports)
+DEFAULT_MIRROR_PORT = 15099  # internal_base - 1 with the default internal_base
+
+
 @dataclass(frozen=True)
 class DataPathSettings:
     outbound_port: int = 15001
@@ -49,6 +58,9 @@ class DataPathSettings:
     outbound_http_ports: tuple[int, ...] = ()  # service ports istiod serves as HTTP (0.0.0.0_<port> HCM)
     inbound_http_ports: tuple[int, ...] = ()  # the pod's own declared HTTP ports (virtualInbound chains)
     internal_base: int = 15100  # internal listeners: outbound from here, inbound from internal_base+500
+    # loopback listener receiving proxy-mirror's copies (translated mirrors point there: the
+    # Translator takes it from the settings it is given)
+    mirror_port: int = DEFAULT_MIRROR_PORT
     lua_dir: str = field(default=str(LUA_DIR))
     # (direction, original port, internal port) kept from the previous settings (settings_for): a port
     # already served keeps its listener when others come and go, so nothing is misrouted while a new
@@ -57,7 +69,7 @@ class DataPathSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("outbound_port", "inbound_port", "internal_base"):
+        for name in ("outbound_port", "inbound_port", "internal_base", "mirror_port"):
             if not 1 <= getattr(self, name) <= 65535:
                 problems.append(f"{name} {getattr(self, name)} is not a port number (1-65535)")
         if self.outbound_port == self.inbound_port:
@@ -82,6 +94,11 @@ class DataPathSettings:
         clash = sorted(taken & set(range(self.internal_base, self.internal_base + 1000)))
         if clash:
             raise ValueError(f"invalid data-path settings: capture ports {clash} inside the internal range")
+        if self.mirror_port in taken:
+            raise ValueError(f"invalid data-path settings: mirror_port {self.mirror_port} is a capture port")
+        if self.internal_base <= self.mirror_port < self.internal_base + 1000:
+            raise ValueError(f"invalid data-path settings: mirror_port {self.mirror_port} inside the internal range "
+                             f"{self.internal_base}-{self.internal_base + 999}")
 
 
 def internal_ports(settings: DataPathSettings) -> dict[tuple[Direction, int], int]:
@@ -163,12 +180,14 @@ def fragment(settings: DataPathSettings) -> dict[str, Any]:
     """The config.yaml keys the data path owns; deep-merge into the rest of the generated file."""
     s = settings
     ports = internal_ports(s)
-    # no HTTP port yet: one unmapped loopback listener, since an http server without `listen`
-    # would take nginx's default *:80 (the hook maps it to nothing: no route matches there)
-    listen_ports = sorted(ports.values()) or [s.internal_base]
-    node_listen = [{"ip": "127.0.0.1", "port": p, "enable_http2": True} for p in listen_ports]
+    # the mirror listener is always there (so an http server never lacks a `listen`, which would
+    # take nginx's default *:80); a new mirror needs no reload
+    listen_ports = sorted([*ports.values(), s.mirror_port])
+    node_listen = [{"ip": "127.0.0.1", "port": p} for p in listen_ports]
     inbound_internal = sorted(p for (d, _), p in ports.items() if d is Direction.INBOUND)
-    # proxy_bind takes variables; an empty value binds nothing (outbound upstreams)
+    # proxy_bind takes variables; an empty value binds nothing (outbound upstreams, and the mirror
+    # listener's: a copy goes to the mirrored cluster like an outbound request). APISIX's own
+    # /proxy_mirror location has no proxy_bind either: the copy reaches 127.0.0.1 unbound.
     bind_map = "".join(f"        {p} {INBOUND_SOURCE_V4};\n" for p in inbound_internal)
     http_snippet = ("map $server_port $amesh_upstream_bind {\n"
                     "        default \"\";\n" + bind_map + "    }")
@@ -188,20 +207,28 @@ def fragment(settings: DataPathSettings) -> dict[str, Any]:
         "nginx_config": {
             "user": f"{s.proxy_user} {s.proxy_group}",
             "http_configuration_snippet": http_snippet,
-            "http_server_location_configuration_snippet": "proxy_bind $amesh_upstream_bind;",
+            # retry (the upstream's `retries`) only what Istio's default retry_on does (connect-failure,
+            # refused-stream, …): nginx's default also retries read timeouts, which turns a route timeout of
+            # T into 502 after (retries + 1) × T where Envoy answers 504 after T (measured in the local mesh)
+            "http_server_location_configuration_snippet": "proxy_bind $amesh_upstream_bind;\n"
+                                                          "            proxy_next_upstream error;",
             # stream: the ngx variable $server_port is the capture port (the hook overrides only
-            # APISIX's view), so connections accepted on 15006 leave from Istio's inbound source
+            # APISIX's view), so connections accepted on 15006 leave from Istio's inbound source.
+            # APISIX has no stream *server* snippet: proxy_bind at stream level is inherited by its servers.
             "stream_configuration_snippet": (
                 "map $server_port $amesh_stream_bind {\n"
                 "        default \"\";\n"
                 f"        {s.inbound_port} {INBOUND_SOURCE_V4};\n"
-                "    }"),
-            "stream_server_configuration_snippet": "proxy_bind $amesh_stream_bind;",
+                "    }\n"
+                "    proxy_bind $amesh_stream_bind;"),
         },
         "plugin_attr": {
             "amesh": {
-                "http_ports": {str(p): {"port": port, "direction": d.value}
-                               for (d, port), p in sorted(ports.items(), key=lambda kv: kv[1])},
+                # the mirror listener has no original port: routes there match the direction only
+                "http_ports": {str(p): ({"port": port, "direction": d.value} if d is not None
+                                        else {"direction": MIRROR_DIRECTION})
+                               for (d, port), p in sorted([*ports.items(), ((None, None), s.mirror_port)],
+                                                          key=lambda kv: kv[1])},
                 "inbound_port": s.inbound_port,
                 "outbound_port": s.outbound_port,
             }

@@ -22,7 +22,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 
 from sidecar_agent.plugins.merge import shadowed
-from sidecar_agent.plugins.model import PluginSet
+from amesh_common.plugin_model import PluginSet
 from sidecar_agent.store import Snapshot
 from sidecar_agent.xds import kinds
 

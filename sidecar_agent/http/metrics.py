@@ -6,6 +6,7 @@ import urllib.error
 import urllib.request
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from sidecar_agent.xds import kinds
 
@@ -24,8 +25,7 @@ class AgentMetrics:
         self.xds_connected = Gauge("amesh_xds_connected", "1 while an ADS stream is open", registry=r)
         self.translation = Histogram("amesh_translation_seconds", "xDS to APISIX translation time",
                                      buckets=_LATENCY_BUCKETS, registry=r)
-        self.unsupported = Gauge("amesh_translation_unsupported_fields",
-                                 "xDS fields the last translation could not carry over", registry=r)
+        self.unsupported = UnsupportedFields(registry=r)
         self.pushes = Counter("amesh_apisix_pushes", "documents pushed to APISIX", ["result"], registry=r)
         self.push_latency = Histogram("amesh_apisix_push_seconds", "time to hand a document to APISIX",
                                       buckets=_LATENCY_BUCKETS, registry=r)
@@ -62,6 +62,37 @@ class AgentMetrics:
 
     def failed(self, document, error: str) -> None:
         self.pushes.labels("error").inc()
+
+
+class UnsupportedFields:
+    """`amesh_translation_unsupported_fields{kind, field, effect}`: a gauge of the current translation's
+    unsupported fields (occurrences summed over resources; `effect` is denied|ignored). A gauge, not a
+    counter: it is the state of the configuration in force, replaced whole on every refresh, so a
+    field istiod stops sending disappears instead of staying counted."""
+
+    name = "amesh_translation_unsupported_fields"
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._counts: dict[tuple[str, str, str], int] = {}
+        registry.register(self)
+
+    def set(self, counts: dict[tuple[str, str, str], int]) -> None:
+        """(kind, field, effect) -> count, from `Report.by_effect()`; replaces the previous set."""
+        self._counts = dict(counts)
+
+    def get(self, kind: str, field: str, effect: str = "ignored") -> int:
+        return self._counts.get((kind, field, effect), 0)
+
+    def total(self) -> int:
+        return sum(self._counts.values())
+
+    def collect(self):
+        family = GaugeMetricFamily(self.name, "xDS fields the translation in force does not carry over, "
+                                   "by resource kind, field path and effect on traffic",
+                                   labels=["kind", "field", "effect"])
+        for (kind, field, effect), count in self._counts.items():
+            family.add_metric([kind, field, effect], count)
+        yield family
 
 
 def fetch_apisix_metrics(url: str | None, timeout: float = 2.0) -> bytes:

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from controller.proto import pb2, pb2_grpc
-from controller.wire import WireError, from_message
-from sidecar_agent.plugins.model import PluginSet
-from sidecar_agent.xds.backoff import Backoff
+from amesh_common.proto import pb2, pb2_grpc
+from amesh_common.wire import WireError, from_message
+from amesh_common.plugin_model import PluginSet
+from amesh_common.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

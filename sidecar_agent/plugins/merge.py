@@ -23,7 +23,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sidecar_agent.plugins.model import EXT_PLUGIN, ControllerPlugin, Direction, PluginSet, PluginType
+from amesh_common.plugin_model import EXT_PLUGIN, ControllerPlugin, Direction, PluginSet, PluginType
 
 DIRECTION_LABEL = "amesh-direction"
 INBOUND_PREFIX = "inbound|"

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sidecar_agent.plugins.merge import apply_all
-from sidecar_agent.plugins.model import EMPTY, PluginSet
+from amesh_common.plugin_model import EMPTY, PluginSet
 
 
 class Overlay:

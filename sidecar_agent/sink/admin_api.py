@@ -80,7 +80,10 @@ def encode(
         sections[kind] = section
         if kind in document:
             pieces[kind] = text
-            pieces[kind + _VERSION_SUFFIX] = str(versions[kind])
+        # Every type we ever sent carries its version, also once left out (cleared): without one,
+        # APISIX bumps the type's version itself (held + 1, on every PUT), runs ahead of ours, and a
+        # later push of the type at a version equal to what it holds is silently ignored.
+        pieces[kind + _VERSION_SUFFIX] = str(versions[kind])
     body = ("{" + ",".join(f"{_canonical(k)}:{pieces[k]}" for k in sorted(pieces)) + "}").encode()
     return Encoded(body, Sent(hashlib.sha256(body).hexdigest(), versions, sections))
 
@@ -103,7 +106,9 @@ class AdminApiSink:
 
     async def push(self, document: Mapping[str, Any]) -> None:
         floor = None
-        if self.last is None:  # an APISIX that outlived a previous agent may hold higher versions
+        # An APISIX that outlived a previous agent may hold higher versions; and a type we never sent
+        # has been bumped by APISIX on every PUT that left it out: start above what it holds.
+        if self.last is None or any(kind not in self.last.versions for kind in document):
             floor = held_versions(await self._get_config())
         encoded = encode(document, self.last, floor)
         status, text = await asyncio.to_thread(self._request, "PUT", encoded)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sidecar_agent.sink.base import PushError, Sink
-from sidecar_agent.xds.backoff import Backoff
+from amesh_common.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class Pusher:
     before_submit: Callable[[Document], None] = lambda document: None
     live: Document | None = field(default=None, init=False)
     ever_complete: bool = field(default=False, init=False)  # a complete document has been live
+    complete_at: float | None = field(default=None, init=False)  # monotonic time the first complete one was delivered
     pushes: int = field(default=0, init=False)
     _pending: Document | None = field(default=None, init=False)
     _force: bool = field(default=False, init=False)  # push even if the body is the live one
@@ -120,5 +121,6 @@ class Pusher:
             self.observer.pushed(document, time.perf_counter() - started)
             async with self._changed:
                 self.live = document
-                self.ever_complete = self.ever_complete or document.complete
+                if document.complete and not self.ever_complete:
+                    self.ever_complete, self.complete_at = True, time.monotonic()
                 self._changed.notify_all()

@@ -5,7 +5,8 @@ API (others rely on these names):
 - `translate(resources) -> Translation`: `resources` is a `sidecar_agent.configdump.XdsResources`;
   `Translation.document` is the APISIX document (`{"routes": [...], "upstreams": [...]}`, sorted by
   id, deterministic) and `Translation.report` the `Report` of unsupported fields
-  (`Unsupported(kind, resource, field, count)` entries; `Report.by_field()` for metrics).
+  (`Unsupported(kind, resource, field, count)` entries, each with an `effect`; `Report.by_effect()` for
+  the agent's metric).
 - `Translator`: the incremental form the agent uses. `set_cluster`, `set_endpoints`,
   `set_route_config`, `set_listener` (and `remove_*`, `replace_*` for state-of-the-world pushes) update
   one resource's cached translation and return the APISIX ids they touched; `document()` and
@@ -24,8 +25,10 @@ API (others rely on these names):
 
 Modules: `listener.py`, `route.py` (+ `match.py`, `action.py`), `cluster.py`, `endpoint.py`,
 `upstream.py` (route policy x cluster x endpoints -> upstream), `document.py` (assembly, `Translator`),
-`ids.py` (stable ids), `report.py` (coverage), `inbound.py` / `stream.py` (the data path),
-`bootstrap.py` (INSTANCE_IPS of a config dump). docs/translation.md lists what maps to what.
+`ids.py` (stable ids), `report.py` (coverage), `manager.py` (what routes inherit from their
+HttpConnectionManager; listener fields), `inbound.py` / `stream.py` (the data path), `summary.py`
+(`amesh-agent translate --summary`), `bootstrap.py` (INSTANCE_IPS of a config dump). Listener filter
+chains are walked by `sidecar_agent/xds/chains.py`. docs/translation.md lists what maps to what.
 """
 
 from sidecar_agent.translate.document import Translation, Translator, translate

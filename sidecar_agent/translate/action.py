@@ -3,10 +3,18 @@
 What goes where:
 - `route.cluster` / `weighted_clusters` -> `upstream_id` / `traffic-split` (every weight kept, 0 too);
 - timeouts, retries and the hash policy -> an `UpstreamPolicy` of the referenced upstream;
-- fault -> `fault-injection`; mirror -> `proxy-mirror`; rewrites and request headers -> `proxy-rewrite`;
+- fault -> `fault-injection`; mirror -> `proxy-mirror` to the mirror listener (below); rewrites and
+  request headers -> `proxy-rewrite`;
   response headers -> `response-rewrite`; CORS -> `cors`; `redirect` -> `redirect`;
   `direct_response` -> `fault-injection` abort with the body.
 Anything else that is set is reported through `Coverage`.
+
+Mirrors: proxy-mirror's copy leaves APISIX from the UID the capture rules exempt, so a copy sent to a
+service name would be neither resolved nor captured (and the subset lost). It is sent to the data
+path's loopback mirror listener (`datapath.DataPathSettings.mirror_port`) under
+`/__amesh_mirror/<upstream id>` + the request's path and query; the mirrored cluster becomes a
+reference of the route (`Action.mirrors`), and route.py's `mirror_route` proxies that prefix to the
+cluster's upstream with the prefix stripped.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from sidecar_agent.apisix.datapath import DEFAULT_MIRROR_PORT, PASSTHROUGH_PLUGIN
 from sidecar_agent.translate.errors import TranslationError
 from sidecar_agent.translate.match import escape, header_match, string_match
 from sidecar_agent.translate.report import Coverage
@@ -27,7 +36,7 @@ ENVOY_DEFAULT_ROUTE_TIMEOUT = 15.0
 _DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
 _RETRY_ON_SUPPORTED = {"connect-failure", "reset", "reset-before-request", "refused-stream"}
 _REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
-_ISTIO_CLUSTER = re.compile(r"^outbound\|(\d+)\|([^|]*)\|(.+)$")
+MIRROR_PREFIX = "/__amesh_mirror"  # path prefix of mirrored copies on the mirror listener
 _FORMATTERS = {"DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": "$remote_addr",
                "DOWNSTREAM_REMOTE_ADDRESS": "$remote_addr:$remote_port",
                "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": "$server_addr", "HOSTNAME": "$hostname",
@@ -53,21 +62,23 @@ _CORS_HANDLED = frozenset({"allow_origin_string_match", "allow_methods", "allow_
 class Action:
     refs: list[UpstreamRef] = field(default_factory=list)  # refs[0] is the route's own upstream
     plugins: dict = field(default_factory=dict)
-    websocket: bool = False
+    websocket: bool | None = None  # the route's own upgrade_configs say (None: the connection manager's)
+    mirrors: list[UpstreamRef] = field(default_factory=list)  # clusters proxy-mirror copies to (also in refs)
 
 
 @dataclass(frozen=True)
 class Scope:
-    """The enclosing virtual host and route configuration (for inherited settings)."""
+    """The enclosing virtual host and route configuration (for inherited settings), and the data
+    path's mirror listener port."""
 
     vhost: object
     route_config: object
+    mirror_port: int = DEFAULT_MIRROR_PORT
 
 
 # Istio's ORIGINAL_DST clusters; APISIX has none: the amesh-passthrough plugin (sidecar_agent/lua/)
 # sends to the original destination instead (its upstream stays, without nodes, for the reference).
 PASSTHROUGH_CLUSTERS = frozenset({"PassthroughCluster", "InboundPassthroughCluster"})
-PASSTHROUGH_PLUGIN = "amesh-passthrough"
 
 
 def duration(d) -> float:
@@ -144,14 +155,23 @@ def _forward(ra, scope: Scope, action: Action, cov: Coverage, path: str, prefix_
     else:
         cov.add(f"{path}.{spec or 'cluster_specifier'}")
         action.plugins["fault-injection"] = {"abort": {"http_status": 503, "body": "unsupported cluster specifier\n"}}
-    action.websocket = any(u.upgrade_type.lower() == "websocket" and (not u.HasField("enabled") or u.enabled.value)
-                           for u in ra.upgrade_configs)
+    for upgrade in ra.upgrade_configs:  # the route's own setting wins over its connection manager's
+        if upgrade.upgrade_type.lower() == "websocket" and not upgrade.HasField("connect_config"):
+            action.websocket = not upgrade.HasField("enabled") or upgrade.enabled.value
+        else:
+            cov.add(f"{path}.upgrade_configs[{upgrade.upgrade_type}]")
     rewrite = _rewrite(ra, cov, path, prefix_re)
     if rewrite:
         action.plugins.setdefault("proxy-rewrite", {}).update(rewrite)
-    mirror = _mirror(ra.request_mirror_policies, cov, f"{path}.request_mirror_policies")
+    mirror = _mirror(ra.request_mirror_policies, scope.mirror_port, cov, f"{path}.request_mirror_policies")
     if mirror:
-        action.plugins["proxy-mirror"] = mirror
+        action.plugins["proxy-mirror"], ref = mirror
+        action.mirrors.append(ref)
+        if ref not in action.refs:
+            action.refs.append(ref)
+        if "regex_uri" in (rewrite or {}):
+            # proxy-mirror (priority 1010) takes the URI before proxy-rewrite (1008) changes it
+            cov.add(f"{path}.request_mirror_policies[copy keeps the path before the route's rewrite]")
     policy = _cors_of(ra, scope, cov, path)
     if policy:
         action.plugins["cors"] = policy
@@ -263,7 +283,14 @@ def _template(text: str) -> str:
     return text
 
 
-def _mirror(policies, cov: Coverage, path: str) -> dict | None:
+def mirror_path(ref: UpstreamRef) -> str:
+    """Where a copy for `ref`'s upstream is sent on the mirror listener (before the request's path)."""
+    return f"{MIRROR_PREFIX}/{ref.id}"
+
+
+def _mirror(policies, mirror_port: int, cov: Coverage, path: str) -> tuple[dict, UpstreamRef] | None:
+    """proxy-mirror to the mirror listener and the mirrored cluster's ref (its plain upstream: Envoy
+    does not retry a copy; the route's timeouts and retries stay on the route's own upstream)."""
     if not policies:
         return None
     first = policies[0]
@@ -273,21 +300,20 @@ def _mirror(policies, cov: Coverage, path: str) -> dict | None:
     ratio = fraction(first.runtime_fraction.default_value) if first.HasField("runtime_fraction") else 1.0
     if ratio <= 0:
         return None  # Envoy mirrors nothing either
-    parsed = _ISTIO_CLUSTER.match(first.cluster)
-    if not parsed:
-        # proxy-mirror needs a host name; a non-Istio cluster name does not give one.
-        cov.add(f"{path}.cluster[{first.cluster}: no host to mirror to]")
-        return None
-    port, subset, host = parsed.groups()
-    if subset:
-        cov.add(f"{path}.cluster[subset {subset}: mirrored to every {host} endpoint]")
+    if not first.cluster:
+        return None  # cluster_header (a cluster named per request): reported above
+    if not first.disable_shadow_host_suffix_append and not first.host_rewrite_literal:
+        # the copy's Host is the request's: nginx's mirror location sends $upstream_host, which
+        # proxy-rewrite cannot suffix with a variable (its `host` is a literal, `headers` do not reach it)
+        cov.add(f"{path}[Host not suffixed with -shadow]")
     if ratio < 1e-5:
         cov.add(f"{path}.runtime_fraction[below 0.001%]")
         ratio = 1e-5
-    conf: dict = {"host": f"http://{host}:{port}"}
+    ref = UpstreamRef(sys.intern(first.cluster))
+    conf: dict = {"host": f"http://127.0.0.1:{mirror_port}", "path": mirror_path(ref), "path_concat_mode": "prefix"}
     if ratio < 1:
         conf["sample_ratio"] = round(ratio, 6)
-    return conf
+    return conf, ref
 
 
 def _redirect(rd, cov: Coverage, path: str, prefix_re: str | None) -> dict:

@@ -3,7 +3,7 @@
 - discovery type: EDS (nodes from the ClusterLoadAssignment named by `eds_cluster_config.service_name`
   or the cluster name), STATIC / STRICT_DNS / LOGICAL_DNS (nodes from `load_assignment`; APISIX
   resolves DNS names itself), ORIGINAL_DST (passthrough: reported, no nodes yet);
-- `lb_policy`: ROUND_ROBIN -> roundrobin, LEAST_REQUEST -> least_conn, RING_HASH / MAGLEV -> chash
+- `lb_policy`: ROUND_ROBIN -> roundrobin, LEAST_REQUEST (Istio's default) -> roundrobin, RING_HASH / MAGLEV -> chash
   when the route gives a hash key (without one Envoy picks at random: roundrobin), RANDOM -> roundrobin;
 - `connect_timeout` -> `timeout.connect` (Envoy's default 5 s);
 - `outlier_detection` -> passive health checks, with an active TCP check (APISIX requires one; it is
@@ -32,7 +32,10 @@ ENVOY_DEFAULT_CONNECT_TIMEOUT = 5.0
 _UNLIMITED = 4294967295
 _ISTIO_NAME = re.compile(r"^(outbound|inbound)\|(\d+)\|([^|]*)\|(.*)$")
 _LABEL_VALUE = re.compile(r"^\S{1,256}$")
-_LB = {0: "roundrobin", 1: "least_conn", 2: "roundrobin", 3: "roundrobin", 5: "roundrobin"}
+# LEAST_REQUEST: Envoy picks the better of two random hosts, so idle or sequential traffic spreads evenly;
+# APISIX's least_conn breaks ties by heap order and sends every sequential request to one endpoint
+# (measured in the local mesh: 9 of 9 to reviews v1). roundrobin keeps Envoy's spread.
+_LB = {0: "roundrobin", 1: "roundrobin", 2: "roundrobin", 3: "roundrobin", 5: "roundrobin"}
 _LB_NAMES = {0: "ROUND_ROBIN", 1: "LEAST_REQUEST", 2: "RING_HASH", 3: "RANDOM", 5: "MAGLEV",
              6: "CLUSTER_PROVIDED", 7: "LOAD_BALANCING_POLICY_CONFIG"}
 _TYPE_NAMES = {0: "STATIC", 1: "STRICT_DNS", 2: "LOGICAL_DNS", 3: "EDS", 4: "ORIGINAL_DST"}

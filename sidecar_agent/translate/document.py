@@ -12,6 +12,11 @@ services instead of re-sorting 90,000 objects. Many changes at once (a first loa
 scratch. Bulk loads (`load`, `replace_*`) pause the cyclic garbage collector: they allocate hundreds
 of thousands of acyclic containers, which it would otherwise re-scan over and over (a third of the
 time at 10,000 services). docs/translation.md ("Performance") has the figures.
+
+Mirrors: route sets name the upstreams their proxy-mirror plugins copy to (`RouteSet.mirrors`); the
+document holds one mirror-listener route per such upstream (route.mirror_route, plus one 404 catch-all
+while there is any), counted across route sets like references and kept as one more route set
+(`MIRROR_ROUTES`), recomputed lazily by document() when the set of mirrored upstreams changed.
 """
 
 from __future__ import annotations
@@ -31,16 +36,20 @@ from sidecar_agent.translate import ids
 from sidecar_agent.translate import inbound as inbound_mod
 from sidecar_agent.translate import stream as stream_mod
 from sidecar_agent.translate import upstream as upstream_mod
-from sidecar_agent.translate.action import PASSTHROUGH_CLUSTERS, PASSTHROUGH_PLUGIN
+from sidecar_agent.translate.action import PASSTHROUGH_CLUSTERS
 from sidecar_agent.translate.cluster import translate_cluster
 from sidecar_agent.translate.endpoint import NodePool, translate_endpoints
 from sidecar_agent.translate.errors import TranslationError
 from sidecar_agent.translate.index import SmallSets
 from sidecar_agent.translate.listener import ListenerPart, translate_listener
 from sidecar_agent.translate.report import Report, Unsupported
-from sidecar_agent.translate.route import RouteSet, translate_route_config
+from sidecar_agent.translate.route import (RouteSet, mirror_catch_all, mirror_route, translate_route_config,
+                                           with_websocket)
 from sidecar_agent.translate.stream import OutboundPolicy
 from sidecar_agent.translate.upstream import ClusterPart, EndpointPart, UpstreamRef
+
+
+MIRROR_ROUTES = "amesh:mirror"  # the route-set key of the mirror listener's routes
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,8 @@ class Translator:
         self._endpoints: dict[str, tuple[EndpointPart, tuple[Unsupported, ...]]] = {}
         self._route_sets: dict[str, RouteSet] = {}
         self._listeners: dict[str, ListenerPart] = {}
+        # RDS name -> {listener: its connection manager upgrades websockets}: what the routes inherit
+        self._rds_websocket: dict[str, dict[str, bool]] = {}
         self._notes: tuple[Unsupported, ...] = ()
         self._refs: Counter[UpstreamRef] = Counter()  # references from routes
         self._eds_users = SmallSets()  # ClusterLoadAssignment name -> clusters reading it
@@ -104,6 +115,11 @@ class Translator:
         self._fallback: tuple[ListenerPart | None, list[dict]] | None = None
         self._upstream_list: list[dict] = []
         self._pending_upstreams: set[UpstreamRef] = set()
+        # Mirrored upstreams (counted over route sets) and their mirror-listener routes (one object each)
+        self._mirror_count: Counter[UpstreamRef] = Counter()
+        self._mirror_routes: dict[UpstreamRef, dict] = {}
+        self._mirror_catch_all = mirror_catch_all()
+        self._mirrors_dirty = False
 
     # --- whole state ----------------------------------------------------------------------------
 
@@ -215,14 +231,15 @@ class Translator:
 
     def set_route_config(self, rc) -> set[str]:
         # Virtual hosts unchanged since the last version are reused: their routes are the same objects.
-        new = translate_route_config(rc, self._route_sets.get(rc.name))
+        new = translate_route_config(rc, self._route_sets.get(rc.name), self._websocket(rc.name),
+                                     self._dp_base.mirror_port)
         return self._swap_route_set(rc.name, new)
 
     def remove_route_config(self, name: str) -> set[str]:
         return self._swap_route_set(name, None)
 
     def set_listener(self, listener) -> set[str]:
-        part = translate_listener(listener)
+        part = translate_listener(listener, self._dp_base.mirror_port)
         port = stream_mod.http_port(listener)
         self._check_data_path(listener)  # invalid input raises here, not in a later document()
         self._listener_messages[part.name] = listener
@@ -240,7 +257,7 @@ class Translator:
         self._listeners[part.name] = part
         for rs in part.inline:
             touched |= self._swap_route_set(rs.name, rs, key=f"listener:{part.name}:{rs.name}")
-        return touched
+        return touched | self._set_managers(part.name, old, dict(part.managers))
 
     def remove_listener(self, name: str) -> set[str]:
         if self._listener_messages.pop(name, None) is not None:
@@ -252,7 +269,7 @@ class Translator:
         touched = set()
         for rs in old.inline if old else ():
             touched |= self._swap_route_set(rs.name, None, key=f"listener:{name}:{rs.name}")
-        return touched
+        return touched | self._set_managers(name, old, {})
 
     # --- output ---------------------------------------------------------------------------------
 
@@ -267,11 +284,29 @@ class Translator:
         """The whole APISIX document; shares its objects with the caches and earlier documents (read-only)."""
         with _bulk():
             self._sync_data_path()
+            self._sync_mirrors()
             routes, upstreams = list(self._assembled_routes()), list(self._assembled_upstreams())
             stream_routes = self._assembled_stream_routes()
             if not stream_routes:
                 return {"routes": routes, "upstreams": upstreams}
             return {"routes": routes, "stream_routes": list(stream_routes), "upstreams": upstreams}
+
+    # --- the mirror listener's routes ----------------------------------------------------------
+
+    def _sync_mirrors(self) -> None:
+        """The mirror route set for the upstreams mirrored now; unchanged routes stay the same objects."""
+        if not self._mirrors_dirty:
+            return
+        self._mirrors_dirty = False
+        routes = {}
+        for ref in self._mirror_count:
+            routes[ref] = self._mirror_routes.get(ref) or mirror_route(ref)
+        self._mirror_routes = routes
+        if not routes:
+            self._swap_route_set(MIRROR_ROUTES, None)
+            return
+        objects = tuple(sorted(routes.values(), key=_route_key)) + (self._mirror_catch_all,)
+        self._swap_route_set(MIRROR_ROUTES, RouteSet(MIRROR_ROUTES, objects, frozenset(), ()))
 
     # --- the data path: stream routes on 15001/15006, inbound HTTP routes ----------------------
 
@@ -381,7 +416,7 @@ class Translator:
             duplicated = [i for i, n in self._stream_count.items() if n > 1]
             if duplicated:
                 raise TranslationError(f"two listeners produce stream route id {sorted(duplicated)[0]}")
-            self._stream_list = [self._stream_by_id[i] for i in sorted(self._stream_by_id)]
+            self._stream_list = sorted(self._stream_by_id.values(), key=stream_mod.precedence)
         return self._stream_list
 
     def _assembled_routes(self) -> list[dict]:
@@ -511,10 +546,11 @@ class Translator:
         if len(targets) != 1:
             return []
         ref = UpstreamRef(targets[0])
+        # enable_websocket: Envoy tcp-proxies this traffic, so an upgrade goes through as well
         route = {"id": ids.stable_id("r", "virtualOutbound", ref.cluster), "name": f"virtualOutbound/{ref.cluster}",
-                 "priority": 0, "uris": ["/*"], "upstream_id": ref.id}
+                 "priority": 0, "uris": ["/*"], "upstream_id": ref.id, "enable_websocket": True}
         if ref.cluster in PASSTHROUGH_CLUSTERS:
-            route["plugins"] = {PASSTHROUGH_PLUGIN: {}}
+            route["plugins"] = {datapath.PASSTHROUGH_PLUGIN: {}}
         return [route]
 
     def report(self) -> Report:
@@ -582,6 +618,17 @@ class Translator:
             by_id[route_id] = route
             if n > 1:  # a duplicate id: document() assembles anew, which names the two configurations
                 self._routes_cache = None
+        old_mirrors = old.mirrors if old is not None else frozenset()
+        new_mirrors = new.mirrors if new is not None else frozenset()
+        if old_mirrors != new_mirrors:
+            for ref in old_mirrors - new_mirrors:
+                self._mirror_count[ref] -= 1
+                if self._mirror_count[ref] <= 0:
+                    del self._mirror_count[ref]
+                    self._mirrors_dirty = True
+            for ref in new_mirrors - old_mirrors:
+                self._mirror_count[ref] += 1
+                self._mirrors_dirty = True
         old_refs = old.refs if old is not None else frozenset()
         new_refs = new.refs if new is not None else frozenset()
         for ref in old_refs - new_refs:  # refs both versions hold stay counted as they are
@@ -597,6 +644,26 @@ class Translator:
             if self._refs[ref] == 1:
                 self._pending_upstreams.add(ref)
             self._by_cluster.add(ref.cluster, ref)
+        return touched
+
+    def _websocket(self, rds_name: str) -> bool:
+        return any(self._rds_websocket.get(rds_name, {}).values())
+
+    def _set_managers(self, listener: str, old: ListenerPart | None, managers: Mapping[str, Any]) -> set[str]:
+        """Record what `listener`'s connection managers give the route configurations they name;
+        a held route configuration whose inheritance changed is re-derived (its message is not kept)."""
+        touched: set[str] = set()
+        for name in {n for n, _ in (old.managers if old is not None else ())} | set(managers):
+            by = self._rds_websocket.setdefault(name, {})
+            if name in managers:
+                by[listener] = managers[name].websocket
+            else:
+                by.pop(listener, None)
+            if not by:
+                del self._rds_websocket[name]
+            rs = self._route_sets.get(name)
+            if rs is not None and rs.websocket != self._websocket(name):
+                touched |= self._swap_route_set(name, with_websocket(rs, self._websocket(name)))
         return touched
 
     def _invalidate(self, cluster: str) -> set[str]:

@@ -33,3 +33,8 @@ def upstream_id(cluster: str, variant: str = "") -> str:
 
 def route_id(route_config: str, virtual_host: str, group: str, index: int, route_name: str) -> str:
     return stable_id("r", route_name or virtual_host, route_config, virtual_host, group, str(index))
+
+
+def mirror_route_id(cluster: str, upstream_id: str) -> str:
+    """The mirror listener's route for an upstream of `cluster` (route.mirror_route)."""
+    return stable_id("r", f"mirror|{cluster}", upstream_id)

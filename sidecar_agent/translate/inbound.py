@@ -22,23 +22,20 @@ import copy
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from sidecar_agent.apisix import datapath
 from sidecar_agent.translate import ids
 from sidecar_agent.translate import upstream as upstream_mod
 from sidecar_agent.translate.errors import TranslationError
 from sidecar_agent.translate.report import Coverage, Unsupported
 from sidecar_agent.translate.route import translate_route_config
-from sidecar_agent.translate.stream import PASSTHROUGH_LABEL, PLUGIN
-from sidecar_agent.xds import types
-
-_HCM_URL = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-_TCP_URL = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-_CARRIED_HTTP = {"envoy.filters.http.router", types.FAULT_FILTER, types.CORS_FILTER}
-_IGNORED_NETWORK = {"istio.stats", "istio.metadata_exchange"}
+from sidecar_agent.translate.manager import MANAGER_PATH, read_manager
+from sidecar_agent.translate.stream import PASSTHROUGH_LABEL
+from sidecar_agent.xds.chains import HTTP, TCP, filter_chains, network_filters, tcp_clusters
 DIRECTION_VAR = "amesh_direction"
 PORT_VAR = "original_dst_port"
 # Above every outbound band (route.py: bands ≤ 4000 × 100000 + routes): inbound always wins first.
 INBOUND_PRIORITY = 1_000_000_000
-INBOUND_SOURCE = {4: "127.0.0.6", 6: "::6"}
+INBOUND_SOURCE = {4: datapath.INBOUND_SOURCE_V4, 6: datapath.INBOUND_SOURCE_V6}
 
 
 @dataclass(frozen=True)
@@ -84,7 +81,7 @@ def translate_inbound(listener, pod_ips: Sequence[str], internal: Mapping[int, i
     passthrough = _upstream("amesh-passthrough|inbound", [], dict(PASSTHROUGH_LABEL, **{"amesh.bind": target[1]}))
     upstreams[passthrough["id"]] = passthrough
     for route in _stream_routes("inbound|passthrough", pod_ips, None, passthrough["id"]):
-        route["plugins"] = {PLUGIN: {}}
+        route["plugins"] = {datapath.PASSTHROUGH_PLUGIN: {}}
         stream_routes.append(route)
     return InboundPart(tuple(sorted(routes, key=lambda r: r["id"])),
                        tuple(sorted(stream_routes, key=lambda r: r["id"])),
@@ -92,9 +89,10 @@ def translate_inbound(listener, pod_ips: Sequence[str], internal: Mapping[int, i
 
 
 def _port_chains(listener, cov: Coverage | None) -> dict[int, tuple[str, object]]:
-    """destination port -> ("http", RouteConfiguration) | ("tcp", cluster); plaintext twin preferred."""
+    """destination port -> ("http", (RouteConfiguration, Manager)) | ("tcp", cluster); plaintext twin
+    preferred."""
     found: dict[int, tuple[str, object, bool]] = {}
-    for chain in listener.filter_chains:
+    for chain in filter_chains(listener, default=False):  # the default chain is not a port's
         match = chain.filter_chain_match
         port = match.destination_port.value if match.HasField("destination_port") else None
         if port is None or port == listener.address.socket_address.port_value:
@@ -111,30 +109,20 @@ def _port_chains(listener, cov: Coverage | None) -> dict[int, tuple[str, object]
 
 
 def _chain_payload(chain, where: str, cov: Coverage | None):
-    for network_filter in chain.filters:
-        url = types.message_name(network_filter.typed_config.type_url)
-        if url == _HCM_URL or network_filter.name == types.HTTP_CONNECTION_MANAGER:
-            from envoy.extensions.filters.network.http_connection_manager.v3 import \
-                http_connection_manager_pb2 as hcm_pb2
-
-            hcm = hcm_pb2.HttpConnectionManager()
-            network_filter.typed_config.Unpack(hcm)
+    """("http", (RouteConfiguration, Manager)) or ("tcp", cluster) of the chain's first HCM / tcp_proxy."""
+    for network_filter in network_filters(chain):
+        if network_filter.kind == HTTP:
+            hcm = network_filter.config
+            manager = read_manager(hcm, cov if cov is not None else Coverage("listener", where))
             if not hcm.HasField("route_config"):
                 if cov is not None:
-                    cov.add("filter_chains.filters.http_connection_manager[rds on inbound]")
+                    cov.add(f"{MANAGER_PATH}[rds on inbound]")
                 return None
-            for http_filter in hcm.http_filters:
-                if http_filter.name not in _CARRIED_HTTP and cov is not None:
-                    cov.add(f"filter_chains.filters.http_connection_manager.http_filters[{http_filter.name}]")
-            return "http", hcm.route_config
-        if url == _TCP_URL or network_filter.name == types.TCP_PROXY:
-            from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-
-            proxy = tcp_proxy_pb2.TcpProxy()
-            network_filter.typed_config.Unpack(proxy)
-            return "tcp", proxy.cluster
-        if network_filter.name not in _IGNORED_NETWORK and cov is not None:
-            cov.add(f"filter_chains.filters[{network_filter.name or url}]")
+            return "http", (hcm.route_config, manager)
+        if network_filter.kind == TCP:
+            return "tcp", (tcp_clusters(network_filter.config) or ("",))[0]
+        if cov is not None:
+            cov.add(f"filter_chains.filters[{network_filter.name}]")
     return None
 
 
@@ -175,11 +163,12 @@ def _stream_routes(name: str, pod_ips: Sequence[str], port: int | None, upstream
     return out
 
 
-def _http_routes(route_config, port: int, target: tuple[str, str], clusters: Mapping[str, object],
+def _http_routes(payload, port: int, target: tuple[str, str], clusters: Mapping[str, object],
                  upstreams: dict[str, dict], cov: Coverage) -> list[dict]:
+    route_config, manager = payload
     rc = copy.deepcopy(route_config)
     rc.name = f"inbound|{port}|{rc.name}"  # ids distinct from outbound ones; no port-name scoping
-    translated = translate_route_config(rc)
+    translated = translate_route_config(rc, websocket=manager.websocket)
     for entry in translated.report:
         cov.add(f"route_config.{entry.field}", entry.count)
     replaced = {}
@@ -200,6 +189,11 @@ def _http_routes(route_config, port: int, target: tuple[str, str], clusters: Map
             "plugins": {"fault-injection": {"abort": {"http_status": 404, "body": ""}}}}]
     for route in translated.routes:
         route = copy.deepcopy(route)
+        if "proxy-mirror" in (route.get("plugins") or {}):
+            # the copy would go through the mirror listener to an outbound cluster; Istio sets no
+            # mirror on inbound routes: not translated
+            del route["plugins"]["proxy-mirror"]
+            cov.add("route_config.virtual_hosts.routes.route.request_mirror_policies[inbound: not translated]")
         route["vars"] = scope + route.get("vars", [])
         route["priority"] = INBOUND_PRIORITY + route["priority"]
         if "upstream_id" in route:

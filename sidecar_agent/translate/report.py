@@ -19,12 +19,22 @@ _MAX_CHECKS = 16
 _ORDER = attrgetter("kind", "resource", "field", "count")  # Unsupported's order, compared in C
 
 
+# What an unsupported field does to traffic: "ignored" (APISIX forwards without it) or "denied" (the
+# request is refused instead). Everything reported today is ignored: what APISIX cannot express in a
+# match drops that route, and the request falls to the next one, as if the route were absent.
+EFFECTS = ("denied", "ignored")
+
+
 @dataclass(frozen=True, order=True)
 class Unsupported:
     kind: str
     resource: str
     field: str
     count: int
+
+    @property
+    def effect(self) -> str:
+        return "ignored"
 
 
 class Coverage:
@@ -171,6 +181,13 @@ class Report:
             totals[(e.kind, e.field)] += e.count
         return dict(sorted(totals.items()))
 
+    def by_effect(self) -> dict[tuple[str, str, str], int]:
+        """(kind, field, effect) -> total count over all resources: the agent's labelled metric."""
+        totals: Counter[tuple[str, str, str]] = Counter()
+        for e in self.entries:
+            totals[(e.kind, e.field, e.effect)] += e.count
+        return dict(sorted(totals.items()))
+
     def to_dict(self) -> dict:
         return {"unsupported": [
             {"kind": e.kind, "resource": e.resource, "field": e.field, "count": e.count} for e in self.entries]}
@@ -178,6 +195,9 @@ class Report:
     def to_text(self) -> str:
         if not self.entries:
             return "everything in the input was translated\n"
-        lines = [f"{'count':>5}  {'kind':<12} {'resource':<48} field"]
+        resources = len({(e.kind, e.resource) for e in self.entries})
+        lines = [f"Not translated to APISIX: {len(self.entries)} fields of {resources} resources "
+                 "(effect: ignored; docs/translation.md, \"Coverage report\")",
+                 f"{'count':>5}  {'kind':<12} {'resource':<48} field"]
         lines += [f"{e.count:>5}  {e.kind:<12} {e.resource:<48} {e.field}" for e in self.entries]
         return "\n".join(lines) + "\n"

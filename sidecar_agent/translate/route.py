@@ -19,14 +19,23 @@ priority = band * STRIDE + (number of routes - index); the 404 catch-all gets ba
 - **Listener port.** Envoy picks the route configuration by the listener the connection arrived on
   (Istio names outbound route configurations by port: `9080`, or `host:port`). APISIX sees every
   route configuration at once, so routes of a port-named configuration also require
-  `["original_dst_port", "==", "9080"]` — the variable the agent registers from SO_ORIGINAL_DST
+  `["original_dst_port", "==", 9080]` — the variable the agent registers from SO_ORIGINAL_DST
   (apisix-facts.md). Without it, `*` virtual hosts of different ports would be ambiguous.
-  `PORT_VAR = None` turns this off.
+  They also require `["amesh_direction", "==", "outbound"]`: APISIX's default router
+  (radixtree_host_uri) tries routes with `hosts` before all others whatever their priority, so without
+  it an outbound route for the pod's own service would take inbound requests on the inbound listener
+  (measured in the local mesh: inbound requests to reviews-v1 sent back out to reviews v3).
+  `PORT_VAR = None` turns both off.
 
 istiod sends one RouteConfiguration per port holding every service's virtual host, so one
 VirtualService change re-sends all of them. `translate_route_config(rc, previous)` reuses the
 translation of each virtual host whose bytes (and the route configuration's own fields) are unchanged
 from `previous`: the same route objects, not recomputed.
+
+Mirrors: a route's proxy-mirror sends its copy to the data path's loopback mirror listener under
+`/__amesh_mirror/<upstream id>` (action.py); `mirror_route(ref)` is the internal route there, one per
+mirrored upstream (the document holds one for every ref in some RouteSet's `mirrors`): it matches only
+`amesh_direction == mirror` and that prefix, strips the prefix and proxies to the upstream.
 """
 
 from __future__ import annotations
@@ -34,21 +43,21 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
+from sidecar_agent.apisix.datapath import DEFAULT_MIRROR_PORT, MIRROR_DIRECTION
 from sidecar_agent.translate import ids
-from sidecar_agent.translate.action import Scope, route_cors, translate_action
+from sidecar_agent.translate.action import Scope, mirror_path, route_cors, translate_action
 from sidecar_agent.translate.errors import TranslationError
+from sidecar_agent.translate.manager import PER_ROUTE_FILTERS
 from sidecar_agent.translate.match import escape, route_match
 from sidecar_agent.translate.report import Coverage, Unsupported
 from sidecar_agent.translate.upstream import UpstreamRef
-from sidecar_agent.xds import types
 
 STRIDE = 100_000
 BAND_EXACT, BAND_SUFFIX, BAND_PREFIX, BAND_ANY = 4000, 3000, 2000, 1000
 _HOST_DEF = re.compile(r"^\*$|^\*?[0-9a-zA-Z-._\[\]:]+$")
-_KNOWN_PER_FILTER = {types.FAULT_FILTER, types.CORS_FILTER}
 _RC_HANDLED = frozenset({"name", "virtual_hosts", "ignore_port_in_host_matching", "request_headers_to_add",
                          "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
                          "typed_per_filter_config", "validate_clusters", "max_direct_response_body_size_bytes"})
@@ -59,6 +68,7 @@ _ROUTE_HANDLED = frozenset({"name", "match", "route", "redirect", "direct_respon
                             "request_headers_to_add", "request_headers_to_remove", "response_headers_to_add",
                             "response_headers_to_remove"})
 PORT_VAR: str | None = "original_dst_port"
+DIRECTION_VAR = "amesh_direction"  # registered by the hook: "inbound" on 15006 and its internal listeners
 _PORT_NAME = re.compile(r"^(?:.*:)?(\d{1,5})$")
 NOT_FOUND = {"fault-injection": {"abort": {"http_status": 404, "body": ""}}}
 # Documents are read-only, so every route holds these very objects (one fewer list or dict per route).
@@ -78,6 +88,9 @@ class RouteSet:
     # themselves, and each virtual host's translation by the digest of its bytes.
     context: bytes = b""
     parts: Mapping[bytes, "VhostPart"] = field(default_factory=dict)
+    websocket: bool = False  # the connection manager's websocket upgrade, on routes that do not say
+    own_websocket: frozenset[str] = frozenset()  # ids of the routes whose upgrade_configs say
+    mirrors: frozenset[UpstreamRef] = frozenset()  # upstreams proxy-mirror copies to (in `refs` too)
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,8 @@ class VhostPart:
     routes: tuple[dict, ...]
     refs: frozenset[UpstreamRef]
     counts: tuple[tuple[str, int], ...]  # its coverage entries (field, count)
+    own_websocket: tuple[str, ...] = ()
+    mirrors: frozenset[UpstreamRef] = frozenset()
 
 
 def band_of(domain: str) -> int:
@@ -145,7 +160,7 @@ def _strip_port(domain: str) -> str:
 
 def _report_per_filter(holder, cov: Coverage, path: str) -> None:
     for key in holder.typed_per_filter_config:
-        if key not in _KNOWN_PER_FILTER:
+        if key not in PER_ROUTE_FILTERS:
             cov.add(f"{path}.typed_per_filter_config[{key}]" if path else f"typed_per_filter_config[{key}]")
 
 
@@ -154,18 +169,24 @@ def port_scope(route_config_name: str) -> list[tuple]:
     parsed = _PORT_NAME.match(route_config_name)
     if PORT_VAR is None or not parsed or not 0 < int(parsed.group(1)) < 65536:
         return []
-    return [(PORT_VAR, "==", parsed.group(1))]
+    # a number: APISIX's `==` compares a number operand numerically (the hook's variable is a number);
+    # a string operand would be compared as is, and 9080 ~= "9080" in Lua
+    return [(DIRECTION_VAR, "==", "outbound"), (PORT_VAR, "==", int(parsed.group(1)))]
 
 
-def translate_route_config(rc, previous: RouteSet | None = None) -> RouteSet:
+def translate_route_config(rc, previous: RouteSet | None = None, websocket: bool = False,
+                           mirror_port: int = DEFAULT_MIRROR_PORT) -> RouteSet:
     """`rc`'s routes; virtual hosts unchanged since `previous` (the same configuration's last
-    translation) are taken from it."""
+    translation) are taken from it. `websocket`: the serving connection manager upgrades websockets
+    (manager.Manager), so forwarding routes that do not say otherwise get `enable_websocket`.
+    `mirror_port`: the data path's mirror listener (DataPathSettings.mirror_port)."""
     name = rc.name
     cov = Coverage("route_config", name)
     scope_vars = [list(c) for c in port_scope(name)]  # one list each, for every route of `rc`
     cov.unhandled(rc, _RC_HANDLED, "")
     _report_per_filter(rc, cov, "")
-    context = _context(rc)
+    context = _context(rc) + (b"\x1fwebsocket" if websocket else b"") + (
+        b"\x1fmirror%d" % mirror_port if mirror_port != DEFAULT_MIRROR_PORT else b"")
     reusable = previous.parts if previous is not None and previous.context == context else {}
     routes: list[dict] = []
     refs: set[UpstreamRef] = set()
@@ -188,13 +209,30 @@ def translate_route_config(rc, previous: RouteSet | None = None) -> RouteSet:
                                        f"{seen_domains[key]!r} and {vhost_name!r}")
             seen_domains[key] = vhost_name
         if part is None:
-            part = _vhost_part(rc, vhost, vhost_name, domains, scope_vars, same_counts)
+            part = _vhost_part(rc, vhost, vhost_name, domains, scope_vars, same_counts, websocket, mirror_port)
         parts[digest] = part
         routes.extend(part.routes)
         refs.update(part.refs)
         cov.add_counts(part.counts)
     routes.sort(key=_route_key)
-    return RouteSet(name, tuple(routes), frozenset(refs), cov.entries(), context, parts)
+    own = frozenset(i for part in parts.values() for i in part.own_websocket)
+    mirrors = frozenset(ref for part in parts.values() for ref in part.mirrors)
+    return RouteSet(name, tuple(routes), frozenset(refs), cov.entries(), context, parts, websocket, own, mirrors)
+
+
+def with_websocket(rs: RouteSet, websocket: bool) -> RouteSet:
+    """`rs` as if translated under a connection manager with (or without) websocket upgrades: a
+    listener changed, the RouteConfiguration did not (the next translation of it starts afresh)."""
+    if rs.websocket == websocket:
+        return rs
+    routes = []
+    for route in rs.routes:
+        if "upstream_id" in route and route["id"] not in rs.own_websocket:
+            route = {k: v for k, v in route.items() if k != "enable_websocket"}
+            if websocket:
+                route["enable_websocket"] = True
+        routes.append(route)
+    return replace(rs, routes=tuple(routes), context=b"", parts={}, websocket=websocket)
 
 
 def _context(rc) -> bytes:
@@ -216,7 +254,7 @@ def _context(rc) -> bytes:
 
 
 def _vhost_part(rc, vhost, vhost_name: str, domains: tuple[str, ...], scope_vars: list[list],
-                same_counts: dict[tuple, tuple]) -> VhostPart:
+                same_counts: dict[tuple, tuple], websocket: bool, mirror_port: int) -> VhostPart:
     """`scope_vars`: the route configuration's conditions, as the lists its routes share."""
     name = rc.name
     cov = Coverage("route_config", name)
@@ -225,13 +263,15 @@ def _vhost_part(rc, vhost, vhost_name: str, domains: tuple[str, ...], scope_vars
     groups: dict[int, list[str]] = {}
     for domain in domains:
         groups.setdefault(band_of(domain), []).append(domain)
-    translated = _vhost_routes(rc, vhost, cov)
+    translated = _vhost_routes(rc, vhost, cov, mirror_port)
     count = len(translated)
     if count >= STRIDE:
         raise TranslationError(f"route_config {name!r}: virtual host {vhost_name!r} has {count} routes "
                                f"(at most {STRIDE - 1} fit a priority band)")
     routes: list[dict] = []
     refs: set[UpstreamRef] = set()
+    mirrors: set[UpstreamRef] = set()
+    own: list[str] = []
     for band, band_domains in sorted(groups.items(), reverse=True):
         hosts, host_vars = host_condition(band_domains, rc.ignore_port_in_host_matching)
         # The band's `hosts` list and `vars` conditions are shared by all its routes (read-only); a route
@@ -245,10 +285,13 @@ def _vhost_part(rc, vhost, vhost_name: str, domains: tuple[str, ...], scope_vars
             if action.refs:
                 obj["upstream_id"] = action.refs[0].id
                 refs.update(action.refs)
+            mirrors.update(action.mirrors)
             if action.plugins:
                 # Several bands share one Action: give each route its own copy.
                 obj["plugins"] = copy.deepcopy(action.plugins) if len(groups) > 1 else action.plugins
-            if action.websocket:
+            if action.websocket is not None:
+                own.append(obj["id"])
+            if action.websocket or (action.websocket is None and websocket and action.refs):
                 obj["enable_websocket"] = True
             routes.append(obj)
         catch_all = _route_object(ids.route_id(name, vhost_name, group, -1, "404"),
@@ -256,16 +299,17 @@ def _vhost_part(rc, vhost, vhost_name: str, domains: tuple[str, ...], scope_vars
         catch_all["plugins"] = _NOT_FOUND_PLUGINS
         routes.append(catch_all)
     counts = cov.counts()
-    return VhostPart(tuple(routes), frozenset(refs), same_counts.setdefault(counts, counts))
+    return VhostPart(tuple(routes), frozenset(refs), same_counts.setdefault(counts, counts), tuple(own),
+                     frozenset(mirrors))
 
 
 def _route_key(route: dict) -> str:
     return route["id"]
 
 
-def _vhost_routes(rc, vhost, cov: Coverage) -> list[tuple[int, tuple[str, list[tuple], object]]]:
+def _vhost_routes(rc, vhost, cov: Coverage, mirror_port: int) -> list[tuple[int, tuple[str, list[tuple], object]]]:
     """(Envoy index, (route name, match vars, Action)) for the routes APISIX can express."""
-    scope = Scope(vhost, rc)
+    scope = Scope(vhost, rc, mirror_port)
     out = []
     path = "virtual_hosts.routes"
     for index, route in enumerate(vhost.routes):
@@ -300,3 +344,25 @@ def _route_object(route_id: str, name: str, priority: int, hosts: list[str] | No
     if conditions:
         obj["vars"] = conditions
     return obj
+
+
+# --- the mirror listener's routes -----------------------------------------------------------------
+
+MIRROR_VARS = [[DIRECTION_VAR, "==", MIRROR_DIRECTION]]
+
+
+def mirror_route(ref: UpstreamRef) -> dict:
+    """The internal route taking proxy-mirror's copies for `ref`'s upstream on the mirror listener:
+    `/__amesh_mirror/<id>/<path>?<query>` -> `<path>?<query>` to the upstream (proxy-rewrite keeps
+    the query). No `original_dst_port`: the mirror listener stands for no port."""
+    prefix = mirror_path(ref)
+    return {"id": ids.mirror_route_id(ref.cluster, ref.id), "name": f"mirror/{ref.cluster}"[:256], "priority": 0,
+            "uris": [f"{prefix}/*"], "vars": MIRROR_VARS, "upstream_id": ref.id,
+            "plugins": {"proxy-rewrite": {"regex_uri": [f"^{escape(prefix)}(/.*)", "$1"]}}}
+
+
+def mirror_catch_all() -> dict:
+    """With any mirror route: what else reaches the mirror listener answers 404 (instead of falling
+    to the virtualOutbound fallback route, which matches on every listener at priority 0)."""
+    return {"id": ids.stable_id("r", "mirror", "404"), "name": "mirror/404", "priority": 1, "uris": _URIS,
+            "vars": MIRROR_VARS, "plugins": _NOT_FOUND_PLUGINS}

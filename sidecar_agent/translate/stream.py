@@ -25,16 +25,14 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Mapping
 
+from sidecar_agent.apisix.datapath import PASSTHROUGH_PLUGIN
 from sidecar_agent.translate import ids
 from sidecar_agent.translate.errors import TranslationError
 from sidecar_agent.translate.report import Coverage, Unsupported
-from sidecar_agent.xds import types
+from sidecar_agent.xds.chains import HTTP, TCP, filter_chains, network_filters, tcp_clusters
 
-_HCM_URL = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-_TCP_URL = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 PASSTHROUGH, BLACKHOLE = "PassthroughCluster", "BlackHoleCluster"
 PASSTHROUGH_LABEL = {"amesh.passthrough": "original-dst"}
-PLUGIN = "amesh-passthrough"  # sidecar_agent/lua/apisix/plugins/amesh-passthrough.lua
 INBOUND = 1
 
 
@@ -61,6 +59,19 @@ def http_ports(listeners: Mapping[str, object]) -> tuple[int, ...]:
     return tuple(sorted(p for p in ports if p is not None))
 
 
+def precedence(route: Mapping) -> tuple:
+    """Sort key of stream routes in the document. APISIX's stream router takes the *first* route that
+    matches, in document order (stream/router/ip_port.lua; measured on APISIX 3.18), so the order is the
+    precedence: inbound routes (the pod's own addresses, `inbound|…`) before outbound ones, since a
+    connection accepted on 15006 to the pod's address and port P must not take an outbound `0.0.0.0_P`
+    route; then, as Envoy picks listeners, address and port before port only, longer address prefixes
+    before shorter ones, and the catch-alls last."""
+    addr = route.get("server_addr")
+    prefixlen = ipaddress.ip_network(addr, strict=False).prefixlen if addr else -1
+    return (0 if str(route.get("name", "")).startswith("inbound|") else 1,
+            0 if route.get("server_port") else 1, -prefixlen, route["id"])
+
+
 def translate_outbound_stream(listeners: Mapping[str, object], internal: Mapping[int, int],
                               policy: OutboundPolicy | None = None) -> StreamPart:
     """`listeners`: LDS by name; `internal`: outbound HTTP port -> internal listener port (from
@@ -78,7 +89,7 @@ def translate_outbound_stream(listeners: Mapping[str, object], internal: Mapping
     catch_all = translate_catch_all(resolved)
     routes += catch_all.stream_routes
     upstreams.update((u["id"], u) for u in catch_all.upstreams)
-    routes.sort(key=lambda r: r["id"])
+    routes.sort(key=precedence)
     return StreamPart(tuple(routes), tuple(upstreams[k] for k in sorted(upstreams)), ports, resolved,
                       tuple(sorted(entries)))
 
@@ -128,7 +139,7 @@ def translate_listener_stream(listener, internal: Mapping[int, int], ports: tupl
         route["upstream_id"] = upstream["id"]
     elif target == PASSTHROUGH:
         route["upstream_id"] = _passthrough(upstreams)["id"]
-        route["plugins"] = {PLUGIN: {}}
+        route["plugins"] = {PASSTHROUGH_PLUGIN: {}}
     else:
         route["upstream_id"] = ids.upstream_id(target)
         return StreamPart((route,), (), (), OutboundPolicy.ALLOW_ANY, cov.entries(), (target,))
@@ -144,7 +155,7 @@ def translate_catch_all(policy: OutboundPolicy) -> StreamPart:
         upstream_id = _passthrough(upstreams)["id"]
         for cidr in ("0.0.0.0/0", "::/0"):
             routes.append({"id": ids.stable_id("sr", "virtualOutbound", cidr), "name": f"virtualOutbound/{cidr}",
-                           "server_addr": cidr, "upstream_id": upstream_id, "plugins": {PLUGIN: {}}})
+                           "server_addr": cidr, "upstream_id": upstream_id, "plugins": {PASSTHROUGH_PLUGIN: {}}})
     return StreamPart(tuple(routes), tuple(upstreams.values()), (), policy, ())
 
 
@@ -154,38 +165,30 @@ def _outbound(listener) -> bool:
 
 
 def _chains(listener, cov: Coverage | None = None) -> list[tuple[str, str]]:
-    """("http", "") or ("tcp", cluster) per filter chain, in order."""
+    """("http", "") or ("tcp", cluster) per filter chain, in order (a chain's last such filter)."""
     out = []
-    chains = list(listener.filter_chains)
-    if listener.HasField("default_filter_chain"):
-        chains.append(listener.default_filter_chain)
-    for chain in chains:
+    for chain in filter_chains(listener):
         if cov is not None and chain.HasField("filter_chain_match"):
             for descriptor, _ in chain.filter_chain_match.ListFields():
                 cov.add(f"filter_chains.filter_chain_match.{descriptor.name}")
         found = None
-        for network_filter in chain.filters:
-            url = types.message_name(network_filter.typed_config.type_url)
-            if url == _HCM_URL or network_filter.name == types.HTTP_CONNECTION_MANAGER:
+        for network_filter in network_filters(chain):
+            if network_filter.kind == HTTP:
                 found = ("http", "")
-            elif url == _TCP_URL or network_filter.name == types.TCP_PROXY:
-                found = ("tcp", _tcp_cluster(network_filter, cov))
+            elif network_filter.kind == TCP:
+                found = ("tcp", _tcp_cluster(network_filter.config, cov))
         if found:
             out.append(found)
     return out
 
 
-def _tcp_cluster(network_filter, cov: Coverage | None) -> str:
-    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-
-    proxy = tcp_proxy_pb2.TcpProxy()
-    network_filter.typed_config.Unpack(proxy)
+def _tcp_cluster(proxy, cov: Coverage | None) -> str:
+    clusters = tcp_clusters(proxy)
     if proxy.WhichOneof("cluster_specifier") == "weighted_clusters":
-        clusters = proxy.weighted_clusters.clusters
         if cov is not None:
             cov.add("filter_chains.filters.tcp_proxy.weighted_clusters[first cluster only]")
-        return clusters[0].name if clusters else BLACKHOLE
-    return proxy.cluster
+        return clusters[0] if clusters else BLACKHOLE
+    return clusters[0]
 
 
 def policy_of(virtual_outbound) -> OutboundPolicy:

@@ -108,6 +108,13 @@ def _restore(obj, state: tuple) -> None:
             object.__setattr__(obj, f.name, None)
 
 
+# Python before 3.11.4 (Debian 12 ships 3.11.2) replaces a slotted frozen dataclass's own __getstate__ /
+# __setstate__ with generated ones (gh-104035), which would pickle the cached hash: set them again.
+for _cls in (UpstreamPolicy, UpstreamRef):
+    _cls.__getstate__ = _fields_only
+    _cls.__setstate__ = _restore
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterPart:
     """What the Cluster resource decides (see cluster.py). Slots: one per cluster, kept for its life."""

@@ -20,7 +20,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from sidecar_agent.store import Snapshot
 from sidecar_agent.xds import memory
-from sidecar_agent.xds.backoff import Backoff
+from amesh_common.backoff import Backoff
 from sidecar_agent.xds.protocol import AdsSession, Pending, Rejected
 
 log = logging.getLogger(__name__)

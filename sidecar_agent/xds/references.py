@@ -6,31 +6,18 @@ from collections.abc import Iterable
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import (
-    http_connection_manager_pb2 as hcm_pb2,
-)
 
-from sidecar_agent.xds.kinds import type_url_of
-
-_HCM = type_url_of(hcm_pb2.HttpConnectionManager)
+from sidecar_agent.xds.chains import HTTP, listener_filters
 
 
 def route_names(listeners: Iterable[listener_pb2.Listener]) -> frozenset[str]:
     """RouteConfiguration names referenced through `rds` by HTTP connection managers."""
     names: set[str] = set()
     for listener in listeners:
-        chains = list(listener.filter_chains)
-        if listener.HasField("default_filter_chain"):
-            chains.append(listener.default_filter_chain)
-        for chain in chains:
-            for network_filter in chain.filters:
-                typed = network_filter.typed_config
-                if typed.type_url != _HCM:
-                    continue
-                manager = hcm_pb2.HttpConnectionManager()
-                typed.Unpack(manager)
-                if manager.WhichOneof("route_specifier") == "rds":
-                    names.add(manager.rds.route_config_name)
+        for network_filter in listener_filters(listener):
+            manager = network_filter.config
+            if network_filter.kind == HTTP and manager.WhichOneof("route_specifier") == "rds":
+                names.add(manager.rds.route_config_name)
     return frozenset(names)
 
 

@@ -1,9 +1,14 @@
-"""A loopback HTTP server enforcing APISIX 3.18's documented `PUT /apisix/admin/configs` contract.
+"""A loopback HTTP server enforcing APISIX 3.18's `PUT /apisix/admin/configs` contract.
 
-APISIX cannot be installed here; this stands in for its Admin API in standalone mode
-(apisix-facts.md, amesh-reference.md §7.2): key, digest (missing → 400, same → 204), per-type
-conf versions (lower → 400), duplicate ids → 400, items checked against APISIX's own schemas when
-../shared is present; GET returns the config with X-Digest; `restart()` empties it like a restart.
+The contract tests run against the real APISIX too (tests/realapisix.py, `apisix_admin` in
+tests/agent/conftest.py); this stand-in stays for what the real one cannot be made to do on demand
+(answer 503 for a while: `fail_next`; a build that does not echo X-Digest: `echo_digest`) and for the
+agent tests that need no APISIX. It follows apisix/admin/standalone.lua (3.18): key, digest (missing
+→ 400, same → 204), per type: a given conf version lower than held → 400, equal → the held items are
+kept, higher → replaced; a type without a conf version in the body gets held + 1 (so a type left out
+is cleared and its version still moves, for every type APISIX knows); duplicate ids → 400, items
+checked against APISIX's own schemas when ../shared is present; GET returns the config with
+X-Digest; `restart()` empties it like a restart.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ TYPES = {
     "routes": "route", "upstreams": "upstream", "services": "service", "ssls": "ssl",
     "stream_routes": "stream_route", "global_rules": "global_rule", "plugin_configs": "plugin_config",
     "consumers": "consumer", "consumer_groups": "consumer_group", "plugin_metadata": None, "protos": "proto",
-    "secrets": None,
+    "secrets": None, "plugins": None,
 }
 
 
@@ -134,16 +139,20 @@ class FakeApisix:
             config = {}
             for kind in TYPES:
                 key = f"{kind}_conf_version"
+                held = self.versions.get(kind, 0)
                 if key in document:
                     version = document[key]
                     if not isinstance(version, int) or isinstance(version, bool):
                         return 400, {"error_msg": f"{key} must be an integer"}
-                    if version < self.versions.get(kind, 0):
-                        return 400, {"error_msg": f"{key} must be greater than or equal to "
-                                                  f"({self.versions.get(kind, 0)})"}
-                    versions[kind] = version
-                elif kind in document or kind in self.config:
-                    versions[kind] = self.versions.get(kind, 0) + 1
+                    if version < held:
+                        return 400, {"error_msg": f"{key} must be greater than or equal to ({held})"}
+                else:
+                    version = held + 1
+                versions[kind] = version
+                if version == held:  # equal: APISIX keeps what it holds, whatever the body says
+                    if kind in self.config:
+                        config[kind] = self.config[kind]
+                    continue
                 items = document.get(kind)
                 if items is None:
                     continue

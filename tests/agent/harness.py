@@ -11,8 +11,8 @@ from envoy.config.core.v3 import base_pb2
 from sidecar_agent.http.metrics import AgentMetrics
 from sidecar_agent.pipeline import Pipeline
 from sidecar_agent.sink.pusher import Pusher
-from sidecar_agent.testing import istiogen
-from sidecar_agent.xds.backoff import Backoff
+from amesh_testing import istiogen
+from amesh_common.backoff import Backoff
 from sidecar_agent.xds.client import AdsClient, Transport
 from sidecar_agent.xds.protocol import AdsSession
 

@@ -41,11 +41,12 @@ def test_what_the_sidecar_needs():
     # the capture ports are the stream front; HTTP runs on loopback internal listeners only
     assert api["apisix"]["proxy_mode"] == "http&stream"
     assert api["apisix"]["stream_proxy"]["tcp"] == [{"addr": "0.0.0.0:15001"}, {"addr": "0.0.0.0:15006"}]
-    assert [(l["ip"], l["port"]) for l in api["apisix"]["node_listen"]] == [("127.0.0.1", 15100)]
+    # no HTTP port yet: the mirror listener alone (an http server without `listen` would take *:80)
+    assert [(l["ip"], l["port"]) for l in api["apisix"]["node_listen"]] == [("127.0.0.1", 15099)]
     assert api["apisix"]["lua_module_hook"] == "amesh.hook"
     assert "amesh-passthrough" in api["plugins"] and "amesh-passthrough" in api["stream_plugins"]
     file_dp = render(CASES["file-mode"], DATA_PATHS["file-mode"])
-    assert [l["port"] for l in file_dp["apisix"]["node_listen"]] == [15100, 15101, 15600]
+    assert [l["port"] for l in file_dp["apisix"]["node_listen"]] == [15099, 15100, 15101, 15600]
     assert {"addr": "[::]:15006"} in file_dp["apisix"]["stream_proxy"]["tcp"]
     assert api["deployment"]["role"] == "traditional"
     assert api["deployment"]["role_traditional"]["config_provider"] == "yaml"
@@ -59,6 +60,20 @@ def test_what_the_sidecar_needs():
     assert file["deployment"] == {"role": "data_plane", "role_data_plane": {"config_provider": "yaml"}}
     assert file["apisix"]["enable_admin"] is False
     assert yaml.safe_load(render_yaml(CASES["api-mode"])) == api
+
+
+def test_mirror_listener_in_config_yaml():
+    """The mirror listener (translated proxy-mirror sends its copies there): on loopback only, mapped
+    by the hook to direction "mirror" without an original port, not bound to the inbound source."""
+    for name in CASES:
+        conf = render(CASES[name], DATA_PATHS[name])
+        assert {"ip": "127.0.0.1", "port": 15099} in conf["apisix"]["node_listen"]
+        assert conf["plugin_attr"]["amesh"]["http_ports"]["15099"] == {"direction": "mirror"}
+        assert "15099" not in conf["nginx_config"]["http_configuration_snippet"]
+        assert "proxy-mirror" in conf["plugins"]
+    moved = render(CASES["api-mode"], datapath.DataPathSettings(mirror_port=15098))
+    assert [l["port"] for l in moved["apisix"]["node_listen"]] == [15098]
+    assert list(moved["plugin_attr"]["amesh"]["http_ports"]) == ["15098"]
 
 
 def test_data_path_must_agree_with_the_apisix_settings():

@@ -14,8 +14,8 @@ from google.protobuf import json_format
 
 from sidecar_agent.apisix.config import Mode
 from sidecar_agent.app import Agent, AgentConfig
-from sidecar_agent.testing import istiogen
-from sidecar_agent.xds.server import AdsServer
+from amesh_testing import istiogen
+from amesh_testing.ads_server import AdsServer
 from tests.agent.fake_apisix import FakeApisix
 from tests.agent.harness import xds_of
 from tests.agent.waiting import eventually

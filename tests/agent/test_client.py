@@ -1,5 +1,5 @@
 """The ADS client end to end: a real grpc.aio ADS server on loopback, the real pipeline and pusher,
-and an APISIX admin API stand-in enforcing the PUT contract."""
+and APISIX's Admin API (the stand-in, and a real APISIX where the test is parametrized)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 
 from sidecar_agent.sink.admin_api import AdminApiSink
 from sidecar_agent.sink.file import FileSink
-from sidecar_agent.testing import istiogen
+from amesh_testing import istiogen
 from sidecar_agent.xds import kinds
 from sidecar_agent.xds.client import TlsSettings, Transport
-from sidecar_agent.xds.server import AdsServer
+from amesh_testing.ads_server import AdsServer
 from tests.agent.fake_apisix import FakeApisix
 from tests.agent.harness import consistent, running_agent, xds_of
 from tests.agent.waiting import eventually
@@ -36,21 +36,20 @@ def _with_endpoints(x: istiogen.Xds, cluster: str, cla) -> list:
 
 
 @contextlib.asynccontextmanager
-async def serving():
-    """A real ADS server, the APISIX Admin API stand-in and an agent pushing to it."""
+async def serving(apisix):
+    """A real ADS server and an agent pushing to `apisix` (the stand-in or a real APISIX's Admin API)."""
     server = AdsServer()
     port = await server.start()
     try:
-        with FakeApisix(KEY) as apisix:
-            async with running_agent(Transport(f"127.0.0.1:{port}"), AdminApiSink(apisix.url, KEY)) as agent:
-                yield server, apisix, agent
+        async with running_agent(Transport(f"127.0.0.1:{port}"), AdminApiSink(apisix.url, apisix.api_key)) as agent:
+            yield server, apisix, agent
     finally:
         await server.stop()
 
 
-def test_initial_sync_route_change_and_eds_scale_to_zero_and_back():
+def test_initial_sync_route_change_and_eds_scale_to_zero_and_back(apisix_admin):
     async def main():
-        async with serving() as (server, apisix, agent):
+        async with serving(apisix_admin) as (server, apisix, agent):
             base = istiogen.bookinfo("all-v1")
             server.set_snapshot("1", xds_of(base))
             await agent.pusher.wait_live(ALL.format(v="1"), timeout=10)
@@ -89,9 +88,9 @@ def test_initial_sync_route_change_and_eds_scale_to_zero_and_back():
     asyncio.run(main())
 
 
-def test_invalid_resource_is_nacked_and_last_good_kept():
+def test_invalid_resource_is_nacked_and_last_good_kept(apisix_admin):
     async def main():
-        async with serving() as (server, apisix, agent):
+        async with serving(apisix_admin) as (server, apisix, agent):
             base = istiogen.bookinfo("all-v1")
             server.set_snapshot("1", xds_of(base))
             await agent.pusher.wait_live(ALL.format(v="1"), timeout=10)

@@ -9,12 +9,13 @@ import asyncio
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
+from prometheus_client import generate_latest
 
 from sidecar_agent.http.metrics import AgentMetrics
 from sidecar_agent.pipeline import Pipeline, changes, inconsistencies
 from sidecar_agent.sink.pusher import Pusher
 from sidecar_agent.store import EMPTY, snapshot_of
-from sidecar_agent.testing import istiogen
+from amesh_testing import istiogen
 from sidecar_agent.translate import Translator
 from sidecar_agent.xds import kinds
 from sidecar_agent.xds.protocol import AdsSession
@@ -257,12 +258,18 @@ def test_unsupported_fields_gauge_is_refreshed_off_the_push_path():
         d = Driver(report_delay=0.02)
         await d.sync(istiogen.bookinfo("all-v1"))
         gauge = d.pipeline.metrics.unsupported
-        assert d.pipeline.document is not None and gauge._value.get() == 0  # pushed first, counted later
+        assert d.pipeline.document is not None and gauge.total() == 0  # pushed first, counted later
         want = sum(d.spy.report().by_field().values())
         deadline = asyncio.get_running_loop().time() + 5
-        while gauge._value.get() != want and asyncio.get_running_loop().time() < deadline:
+        while gauge.total() != want and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
-        assert want > 0 and gauge._value.get() == want
+        assert want > 0 and gauge.total() == want
+        # labelled by kind, field and effect: what is missing, not only how much
+        (kind, field), count = next(iter(d.spy.report().by_field().items()))
+        assert gauge.get(kind, field, "ignored") == count
+        page = generate_latest(d.pipeline.metrics.registry).decode()
+        assert f'amesh_translation_unsupported_fields{{effect="ignored",field="{field}",kind="{kind}"}} {count}.0' \
+            in page
 
     asyncio.run(main())
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar_agent.plugins.model import EMPTY, ControllerPlugin, Direction, PluginSet, PluginType
+from amesh_common.plugin_model import EMPTY, ControllerPlugin, Direction, PluginSet, PluginType
 from sidecar_agent.plugins.overlay import Overlay
-from sidecar_agent.testing import istiogen
+from amesh_testing import istiogen
 from tests.agent.test_pipeline import Driver
 from tests.agent.waiting import eventually
 

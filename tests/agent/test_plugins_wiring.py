@@ -16,9 +16,9 @@ from controller import kube
 from controller.app import Controller, Settings
 from controller.kube import KubeConfig
 from sidecar_agent.app import Agent
-from sidecar_agent.testing import istiogen
-from sidecar_agent.xds.backoff import Backoff
-from sidecar_agent.xds.server import AdsServer
+from amesh_testing import istiogen
+from amesh_common.backoff import Backoff
+from amesh_testing.ads_server import AdsServer
 from tests.agent import mesh
 from tests.agent.fake_apisix import FakeApisix
 from tests.agent.harness import xds_of

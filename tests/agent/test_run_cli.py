@@ -123,3 +123,33 @@ def test_bad_input_is_named_before_anything_starts(monkeypatch, tmp_path):
     result = CliRunner().invoke(run, ["--status-port", "http"])
     assert result.exit_code == 2 and "status-port" in result.output
     assert not Path(tmp_path / "conf").exists()  # nothing was written
+
+
+def test_apisix_missing_from_path_is_one_line(monkeypatch, tmp_path):
+    """It used to end in a 59-line traceback from the supervisor's first start."""
+    from sidecar_agent.apisix.supervisor import apisix_command
+
+    assert run_cli.missing_programs(apisix_command(), which=lambda p: None) == ["`apisix`", "`openresty`"]
+    assert run_cli.missing_programs(apisix_command(), which=lambda p: f"/usr/bin/{p}") == []
+    for key, value in POD.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
+    result = CliRunner().invoke(run, ["--plaintext", "--discovery-address", "127.0.0.1:15010",
+                                      "--apisix-prefix", str(tmp_path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: `apisix` and `openresty` not on PATH: run the agent in the amesh-sidecar image (APISIX installed), "
+        "add APISIX's bin directories to PATH, or pass --no-apisix to use an APISIX you run")
+
+
+def test_schema_dir_that_is_not_one_is_one_line(monkeypatch, tmp_path):
+    (tmp_path / "3.18" / "core").mkdir(parents=True)
+    (tmp_path / "3.18" / "core" / "route.json").write_text("{}")
+    for key, value in POD.items():
+        monkeypatch.setenv(key, value)
+    result = CliRunner().invoke(run, ["--plaintext", "--discovery-address", "127.0.0.1:15010", "--no-apisix",
+                                      "--apisix-admin-key", "k" * 16, "--apisix-schema-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: {tmp_path}: not an APISIX schema directory (no core/route.json); give a version folder, "
+        f"e.g. {tmp_path / '3.18'}")

@@ -1,4 +1,5 @@
-"""The admin-API sink against a server enforcing APISIX's PUT contract, and the file sink for real."""
+"""The admin-API sink against APISIX's PUT contract (the stand-in and a real APISIX: `apisix_admin`),
+and the file sink for real."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sidecar_agent.sink.admin_api import AdminApiSink
 from sidecar_agent.sink.base import PushError
 from sidecar_agent.sink.file import FileSink
 from sidecar_agent.sink.pusher import Document, Pusher
-from sidecar_agent.xds.backoff import Backoff
+from amesh_common.backoff import Backoff
 from tests.agent.fake_apisix import FakeApisix
 from tests.agent.waiting import eventually
 
@@ -58,50 +59,113 @@ def test_encoded_body_is_the_canonical_json_and_only_digests_are_kept():
     assert admin_api.encode(document, encoded.sent).body == encoded.body
 
 
-def test_admin_api_sink_follows_the_put_contract():
+def test_admin_api_sink_follows_the_put_contract(apisix_admin):
+    async def main():
+        apisix = apisix_admin
+        sink = AdminApiSink(apisix.url, apisix.api_key)
+        await sink.push(doc())
+        await sink.push(doc())  # same digest: 204, nothing changes
+        await sink.push(doc(port=9090))
+        assert apisix.answers == [202, 204, 202]
+        assert apisix.config["upstreams"][0]["nodes"][0]["port"] == 9090
+        assert apisix.versions["upstreams"] == 2 and apisix.versions["routes"] == 1
+        assert isinstance(sink.last, admin_api.Sent)  # no body held between pushes
+        assert await sink.holds_last()
+        apisix.restart()
+        assert not await sink.holds_last()
+        await sink.push(doc(port=9090))
+        assert await sink.holds_last()
+
+        wrong = AdminApiSink(apisix.url, "not-the-key")
+        with pytest.raises(PushError, match="401"):
+            await wrong.push(doc())
+        invalid = {"routes": [{"id": "a", "uri": "/", "upstream_id": "u"}, {"id": "a", "uri": "/x", "upstream_id": "u"}]}
+        with pytest.raises(PushError, match="duplicate id"):
+            await sink.push(invalid)
+        assert apisix.config["upstreams"][0]["nodes"][0]["port"] == 9090  # unchanged
+
+    asyncio.run(main())
+
+
+def test_admin_api_sink_without_digest_echo_falls_back_to_versions():
+    # fake only: the real 3.18 always echoes X-Digest; some builds do not
     async def main():
         with FakeApisix(KEY) as apisix:
             sink = AdminApiSink(apisix.url, KEY)
             await sink.push(doc())
-            await sink.push(doc())  # same digest: 204, nothing changes
-            await sink.push(doc(port=9090))
-            assert apisix.answers == [202, 204, 202]
-            assert apisix.config["upstreams"][0]["nodes"][0]["port"] == 9090
-            assert apisix.versions["upstreams"] == 2 and apisix.versions["routes"] == 1
-            assert isinstance(sink.last, admin_api.Sent)  # no body held between pushes
-            assert await sink.holds_last()
             apisix.restart()
+            apisix.echo_digest = False
             assert not await sink.holds_last()
-            apisix.echo_digest = False  # some builds do not echo X-Digest: fall back to versions
-            assert not await sink.holds_last()
-            await sink.push(doc(port=9090))
+            await sink.push(doc())
             assert await sink.holds_last()
 
-            wrong = AdminApiSink(apisix.url, "not-the-key")
-            with pytest.raises(PushError, match="401"):
-                await wrong.push(doc())
-            invalid = {"routes": [{"id": "a", "uri": "/", "upstream_id": "u"}, {"id": "a", "uri": "/x", "upstream_id": "u"}]}
-            with pytest.raises(PushError, match="duplicate id"):
-                await sink.push(invalid)
-            assert apisix.config["upstreams"][0]["nodes"][0]["port"] == 9090  # unchanged
-
     asyncio.run(main())
 
 
-def test_admin_api_sink_resyncs_versions_held_by_a_longer_lived_apisix():
+def test_admin_api_sink_resyncs_versions_held_by_a_longer_lived_apisix(apisix_admin):
     async def main():
-        with FakeApisix(KEY) as apisix:
-            await AdminApiSink(apisix.url, KEY).push(doc())
-            await AdminApiSink(apisix.url, KEY).push(doc(port=1))
-            # A fresh agent (no memory of versions) pushes to the same APISIX: it must go above them.
-            await AdminApiSink(apisix.url, KEY).push(doc(port=2))
-            assert apisix.answers == [202, 202, 202]
-            assert apisix.versions["upstreams"] == 3
+        apisix = apisix_admin
+        await AdminApiSink(apisix.url, apisix.api_key).push(doc())
+        await AdminApiSink(apisix.url, apisix.api_key).push(doc(port=1))
+        # A fresh agent (no memory of versions) pushes to the same APISIX: it must go above them.
+        await AdminApiSink(apisix.url, apisix.api_key).push(doc(port=2))
+        assert apisix.answers == [202, 202, 202]
+        assert apisix.versions["upstreams"] == 3
+        assert apisix.config["upstreams"][0]["nodes"][0]["port"] == 2
 
     asyncio.run(main())
 
 
-def test_pusher_coalesces_bursts_retries_and_repushes_after_restart():
+STREAM_ROUTES = [{"id": "s-echo", "server_port": 9000, "upstream_id": "u-reviews"}]
+
+
+def test_a_type_that_appears_later_is_applied(apisix_admin):
+    """APISIX gives every type the body leaves out its held version + 1 (cleared): a type the agent
+    sends for the first time in a later push must go above that, or "equal keeps it" drops it."""
+    async def main():
+        apisix = apisix_admin
+        sink = AdminApiSink(apisix.url, apisix.api_key)
+        await sink.push(doc())
+        with_stream = dict(doc(), stream_routes=STREAM_ROUTES)
+        await sink.push(with_stream)
+        assert apisix.config.get("stream_routes") == STREAM_ROUTES
+        # gone, and back after more pushes without it: still applied
+        await sink.push(doc())
+        await sink.push(doc(port=1))
+        await sink.push(doc(port=2))
+        assert "stream_routes" not in apisix.config
+        await sink.push(dict(doc(port=2), stream_routes=STREAM_ROUTES))
+        assert apisix.config.get("stream_routes") == STREAM_ROUTES
+        assert apisix.answers.count(202) == 6
+
+    asyncio.run(main())
+
+
+def test_pusher_coalesces_bursts_retries_and_repushes_after_restart(apisix_admin):
+    async def main():
+        apisix = apisix_admin
+        pusher = Pusher(AdminApiSink(apisix.url, apisix.api_key), backoff=Backoff(initial=0.01, maximum=0.05),
+                        recheck_seconds=0.05)
+        task = asyncio.create_task(pusher.run())
+        try:
+            for i in range(50):
+                pusher.submit(Document(doc(port=1000 + i), label=f"v{i}"))
+            await pusher.wait_live("v49", timeout=10)
+            assert apisix.config["upstreams"][0]["nodes"][0]["port"] == 1049
+            assert len(apisix.accepted) < 10  # a burst of 50 became a handful of PUTs
+            before = len(apisix.accepted)
+            apisix.restart()
+            await eventually(lambda: apisix.config, what="re-push after restart")
+            assert apisix.config["upstreams"][0]["nodes"][0]["port"] == 1049
+            assert len(apisix.accepted) == before + 1
+        finally:
+            task.cancel()
+
+    asyncio.run(main())
+
+
+def test_pusher_retries_while_apisix_answers_503():
+    # fake only: a real APISIX cannot be made to answer 503 to the next N PUTs
     async def main():
         with FakeApisix(KEY) as apisix:
             pusher = Pusher(AdminApiSink(apisix.url, KEY), backoff=Backoff(initial=0.01, maximum=0.05),
@@ -109,17 +173,10 @@ def test_pusher_coalesces_bursts_retries_and_repushes_after_restart():
             apisix.fail_next = 2
             task = asyncio.create_task(pusher.run())
             try:
-                for i in range(50):
-                    pusher.submit(Document(doc(port=1000 + i), label=f"v{i}"))
-                await pusher.wait_live("v49", timeout=10)
-                assert apisix.config["upstreams"][0]["nodes"][0]["port"] == 1049
-                assert apisix.answers.count(503) == 2
-                assert len(apisix.accepted) < 10  # a burst of 50 became a handful of PUTs
-                before = len(apisix.accepted)
-                apisix.restart()
-                await eventually(lambda: apisix.config, what="re-push after restart")
-                assert apisix.config["upstreams"][0]["nodes"][0]["port"] == 1049
-                assert len(apisix.accepted) == before + 1
+                pusher.submit(Document(doc(port=1000), label="v0"))
+                await pusher.wait_live("v0", timeout=10)
+                assert apisix.answers == [503, 503, 202]
+                assert apisix.config["upstreams"][0]["nodes"][0]["port"] == 1000
             finally:
                 task.cancel()
 

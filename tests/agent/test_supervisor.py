@@ -7,7 +7,7 @@ import signal
 import sys
 
 from sidecar_agent.apisix.supervisor import Command, Supervisor
-from sidecar_agent.xds.backoff import Backoff
+from amesh_common.backoff import Backoff
 from tests.agent.waiting import eventually
 
 # Stands in for openresty: records signals in a file, drains on SIGQUIT, reloads on SIGHUP.
@@ -81,10 +81,33 @@ def test_reload_reruns_prepare_then_sighups_the_same_process(tmp_path):
         task = asyncio.create_task(sup.run())
         await eventually(lambda: lines(tmp_path) == ["start"], what="first start")
         pid = sup.pid
-        assert await sup.reload() is True
+        assert await sup.reload() is True and sup.reloads == 0  # config.yaml unchanged: nothing to do
+        sup.config_changed()
+        assert not sup.current
+        assert await sup.reload() is True and sup.current
         await eventually(lambda: "hup" in lines(tmp_path), what="SIGHUP after prepare")
         assert lines(tmp_path, "init") == ["init", "init"] and sup.pid == pid and sup.reloads == 1
         assert lines(tmp_path).count("start") == 1
+        await sup.stop(drain_seconds=5)
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
+
+
+def test_config_changed_during_a_start_is_applied_once_the_process_serves(tmp_path):
+    """config.yaml rewritten after a start's `apisix init` (the first xDS document arriving while APISIX
+    starts): no SIGHUP before the process serves (it would kill nginx before its handlers exist), then one
+    reload with the new config."""
+    async def main():
+        serving = {"now": False}
+        sup = Supervisor(command(tmp_path), serving=lambda: serving["now"])
+        task = asyncio.create_task(sup.run())
+        await eventually(lambda: lines(tmp_path) == ["start"], what="first start")
+        sup.config_changed()
+        assert await sup.reload() is False and sup.reloads == 0  # not serving yet
+        serving["now"] = True
+        await eventually(lambda: sup.reloads == 1 and "hup" in lines(tmp_path), what="catch-up reload")
+        assert sup.current and lines(tmp_path, "init") == ["init", "init"]
         await sup.stop(drain_seconds=5)
         await asyncio.wait_for(task, 5)
 

@@ -76,3 +76,34 @@ def test_go_flag_spellings() -> None:
     ]
     assert parse_flags(["--restore-format=false"])["restore_format"] is False
     assert parse_flags(["-n"])["dry_run"] is True
+
+
+@pytest.mark.parametrize("args", [["--help"], ["istio-iptables", "-h"], ["clean", "--help"]])
+def test_help_lists_every_form(args: list[str]) -> None:
+    result = run(args)
+    assert result.returncode == 0, result.stderr
+    for form in ("amesh-iptables [OPTIONS]", "amesh-iptables istio-iptables [OPTIONS]",
+                 "amesh-iptables clean [OPTIONS]", "amesh-iptables istio-clean-iptables [OPTIONS]"):
+        assert form in result.stdout, form
+    assert "--restore-format / --no-restore-format" in result.stdout
+
+
+def test_unknown_user_fails_the_dry_run_with_one_line() -> None:
+    result = run(["-u", "no-such-user-amesh", "--dry-run"])
+    assert result.returncode == 1
+    assert result.stderr == ("amesh-iptables: error: --proxy-uid: unknown user 'no-such-user-amesh' "
+                             "(not a number, and no such user on this host)\n")
+    assert result.stdout == ""
+
+
+def test_user_and_group_names_that_resolve_are_kept_as_names() -> None:
+    result = run(["-u", "root", "-g", "root", "--dry-run"])
+    assert result.returncode == 0, result.stderr
+    assert "-m owner --uid-owner root -j RETURN" in result.stdout
+    assert "-m owner --gid-owner root -j RETURN" in result.stdout
+
+
+def test_cni_mode_without_a_namespace_is_refused() -> None:
+    result = run(["--cni-mode", "--dry-run"])
+    assert result.returncode == 1
+    assert "--cni-mode: needs --network-namespace" in result.stderr

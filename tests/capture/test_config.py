@@ -33,7 +33,9 @@ def problems(**raw) -> list[str]:
         ({"istio_inbound_tproxy_route_table": "0"}, "--istio-inbound-tproxy-route-table: invalid value '0'"),
         ({"istio_exclude_interfaces": "eth0,bad/name"}, "invalid interface name 'bad/name'"),
         ({"kube_virt_interfaces": "waytoolonginterfacename"}, "invalid interface name"),
-        ({"proxy_uid": "13 37"}, "--proxy-uid: invalid user or group '13 37'"),
+        ({"proxy_uid": "13 37"}, "--proxy-uid: invalid user '13 37'"),
+        ({"proxy_gid": "1337,a b"}, "--proxy-gid: invalid group 'a b'"),
+        ({"cni_mode": True}, "--cni-mode: needs --network-namespace"),
         ({"probe_timeout": "5 seconds"}, "--probe-timeout: invalid duration '5 seconds'"),
         ({"iptables_backend": "iptables"}, "--iptables-backend: invalid backend 'iptables'"),
     ],
@@ -70,3 +72,38 @@ def test_defaults_and_parsing() -> None:
     assert config.probe_timeout == 90.0
     assert config.proxy_uids == ("999",) and config.proxy_gids == ("999",)  # gid defaults to the uid list
     assert config.backend is Backend.AUTO and config.restore_format
+
+
+KNOWN = {("user", "istio-proxy"), ("group", "istio-proxy"), ("group", "proxies")}
+
+
+def known(kind: str, name: str) -> bool:
+    return (kind, name) in KNOWN
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({"proxy_uid": "bob"}, ["--proxy-uid: unknown user 'bob' (not a number, and no such user on this host)"]),
+        ({"proxy_uid": "1337", "proxy_gid": "1337,staff"},
+         ["--proxy-gid: unknown group 'staff' (not a number, and no such group on this host)"]),
+        ({"proxy_uid": "bob,eve"}, ["--proxy-uid: unknown user 'bob' (not a number, and no such user on this host)",
+                                    "--proxy-uid: unknown user 'eve' (not a number, and no such user on this host)"]),
+    ],
+)
+def test_owner_names_must_resolve(raw: dict, expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config(raw, "1337", owner_known=known)
+    assert err.value.problems == expected
+
+
+def test_owner_names_that_resolve_and_numbers_pass() -> None:
+    config = build_config({"proxy_uid": "istio-proxy,1337", "proxy_gid": "proxies"}, "1337", owner_known=known)
+    assert config.proxy_uids == ("istio-proxy", "1337") and config.proxy_gids == ("proxies",)
+    # no -g: the user names are the group names too, and must resolve as groups
+    assert build_config({"proxy_uid": "istio-proxy"}, "1337", owner_known=known).proxy_gids == ("istio-proxy",)
+
+
+def test_cni_mode_with_a_namespace() -> None:
+    config = build_config({"cni_mode": True, "network_namespace": "/var/run/netns/pod"}, "1337")
+    assert config.cni_mode and config.network_namespace == "/var/run/netns/pod"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import queue
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -15,10 +16,11 @@ CLOSE = object()  # end the current watch stream (as timeoutSeconds does)
 
 
 class FakeApi:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.lists: dict[str, tuple[list[dict], str]] = {}
         self.watches: dict[str, queue.Queue] = {}
         self.requests: list[tuple[str, str, dict]] = []
+        self.authorizations: list[str | None] = []  # the Authorization header of every request
         self.patches: list[tuple[str, dict]] = []
         self.reviews: dict[str, dict] = {}  # token -> TokenReview status
         self.list_errors: dict[str, list[int]] = {}  # path -> HTTP codes to answer before succeeding
@@ -31,6 +33,13 @@ class FakeApi:
 
             def log_message(self, *args) -> None:
                 pass
+
+            def parse_request(self) -> bool:
+                ok = super().parse_request()
+                if ok:
+                    with api._lock:
+                        api.authorizations.append(self.headers.get("Authorization"))
+                return ok
 
             def _body(self, code: int, obj: dict) -> None:
                 data = json.dumps(obj).encode()
@@ -102,12 +111,15 @@ class FakeApi:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.scheme = "https" if tls is not None else "http"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self.server.server_address[1]}"
 
     def emit(self, path: str, event: object) -> None:
         """Send on the newest watch stream of `path` (wait for it with `watch_requests` first)."""

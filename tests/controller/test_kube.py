@@ -8,8 +8,8 @@ import pytest
 
 from controller import kube
 from controller.informer import Informer
-from controller.kube import Gone, Kube, KubeConfig, KubeError
-from sidecar_agent.xds.backoff import Backoff
+from controller.kube import Gone, Kube, KubeConfig, KubeConfigError, KubeError
+from amesh_common.backoff import Backoff
 from tests.agent.waiting import eventually
 from tests.controller.fake_api import CLOSE, FakeApi, bookmark, event, gone
 from tests.controller.objects import pod
@@ -58,7 +58,7 @@ def test_errors_are_named(api, client):
     assert exc.value.status == 403 and not isinstance(exc.value, Gone)
     with pytest.raises(Gone):
         client.list(kube.CONFIGS)
-    with pytest.raises(KubeError, match="bad API server URL"):
+    with pytest.raises(KubeConfigError, match="bad API server URL"):
         Kube(KubeConfig("ftp://x"))
 
 
@@ -75,7 +75,7 @@ def test_status_patch_and_token_review(api, client):
 def test_in_cluster_config():
     config = KubeConfig.in_cluster({"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"})
     assert config.base_url == "https://[fd00::1]:6443"
-    with pytest.raises(KubeError, match="not in a cluster"):
+    with pytest.raises(KubeConfigError, match="not running in a Kubernetes pod"):
         KubeConfig.in_cluster({})
 
 

@@ -8,7 +8,7 @@ from controller import crd, status
 from controller.merge import merge_for_pod
 from controller.reconcile import ConfigStatus, Reconciler, desired
 from controller.selection import pod_from
-from sidecar_agent.plugins.model import Direction, PluginType
+from amesh_common.plugin_model import Direction, PluginType
 from tests.controller.objects import ampc, pod, rewrite
 
 WEB = {"matchLabels": {"app": "web"}}

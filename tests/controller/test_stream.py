@@ -11,11 +11,11 @@ import pytest
 from controller.auth import TokenReviewAuthenticator, check_review
 from controller.kube import Kube, KubeConfig
 from controller.metrics import ControllerMetrics
-from controller.proto import pb2, pb2_grpc
+from amesh_common.proto import pb2, pb2_grpc
 from controller.stream import Hub, PluginStreamServicer, start_server
 from sidecar_agent.plugins.client import PluginClient
-from sidecar_agent.plugins.model import ControllerPlugin, Direction, PluginSet, PluginType
-from sidecar_agent.xds.backoff import Backoff
+from amesh_common.plugin_model import ControllerPlugin, Direction, PluginSet, PluginType
+from amesh_common.backoff import Backoff
 from tests.agent.waiting import eventually
 from tests.controller.fake_api import FakeApi, service_account_review
 

@@ -149,7 +149,7 @@ def test_config_fragment_merges_into_the_generated_config():
     base = config.render(config.ApisixSettings(admin_key="k" * 32))
     merged = datapath.merge(base, datapath.fragment(CONFIGS["dual-stack"]))
     # the capture ports move from HTTP node_listen to the stream front; the Admin API stays on loopback
-    assert {item["port"] for item in merged["apisix"]["node_listen"]} == {15100, 15101, 15102, 15600}
+    assert {item["port"] for item in merged["apisix"]["node_listen"]} == {15099, 15100, 15101, 15102, 15600}
     assert all(item["ip"] == "127.0.0.1" for item in merged["apisix"]["node_listen"])
     assert merged["apisix"]["stream_proxy"]["tcp"] == [
         {"addr": "0.0.0.0:15001"}, {"addr": "[::]:15001"}, {"addr": "0.0.0.0:15006"}, {"addr": "[::]:15006"}]
@@ -166,10 +166,32 @@ def test_config_fragment_merges_into_the_generated_config():
     ({"inbound_http_ports": (0,)}, "not port numbers"),
     ({"internal_base": 15000}, "inside the internal range"),
     ({"internal_base": 65000}, "no room"),
+    ({"mirror_port": 0}, "mirror_port 0 is not a port number"),
+    ({"mirror_port": 15006}, "mirror_port 15006 is a capture port"),
+    ({"mirror_port": 15600}, "mirror_port 15600 inside the internal range 15100-16099"),
+    ({"internal_base": 15050}, "mirror_port 15099 inside the internal range"),
 ])
 def test_bad_settings_are_refused_naming_the_problem(kwargs, message):
     with pytest.raises(ValueError, match=message):
         datapath.DataPathSettings(**kwargs)
+
+
+def test_mirror_listener_is_always_there_and_says_mirror():
+    """proxy-mirror's copies arrive on 127.0.0.1:<mirror_port>: listened on with or without HTTP
+    ports, mapped by the hook to direction "mirror" and no original port, and unbound (the map's
+    default: only inbound internal listeners bind 127.0.0.6)."""
+    for settings in (CONFIGS["v4-no-http"], CONFIGS["dual-stack"],
+                     datapath.DataPathSettings(mirror_port=14999, outbound_http_ports=(80,))):
+        fragment = datapath.fragment(settings)
+        port = settings.mirror_port
+        assert {"ip": "127.0.0.1", "port": port} in fragment["apisix"]["node_listen"]
+        assert fragment["plugin_attr"]["amesh"]["http_ports"][str(port)] == {"direction": "mirror"}
+        snippet = fragment["nginx_config"]["http_configuration_snippet"]
+        assert f" {port} " not in snippet and 'default "";' in snippet
+    # a new mirror needs no reload: the listener does not depend on the routes
+    assert not datapath.needs_reload(CONFIGS["dual-stack"], CONFIGS["dual-stack"])
+    assert datapath.needs_reload(CONFIGS["v4-no-http"], datapath.DataPathSettings(
+        lua_dir="/usr/local/amesh/lua", mirror_port=14999))
 
 
 def test_hook_name_is_one_apisix_accepts():

@@ -63,11 +63,17 @@ def test_istiod_and_base_are_declared_dependencies():
     assert values["istiod"]["sidecarInjectorWebhook"]["defaultTemplates"] == ["amesh"]
 
 
+ISTIOD_SKIP = ("charts/amesh/charts/ holds no fetched istiod-*.tgz: Istio's chart repository is not reachable from "
+               "here; fetch it with `make chart-deps` (helm dependency update charts/amesh) on a machine that reaches "
+               "https://istio-release.storage.googleapis.com/charts")
+
+
 def test_istiod_renders_our_template_into_its_injector_configmap():
+    """charts/amesh rendered with the fetched istiod chart, when it is there."""
+    if not list((CHART / "charts").glob("istiod-*.tgz")):
+        pytest.skip(ISTIOD_SKIP)
     with helm.Chart.load(CHART) as chart:
-        present = {d["name"] for d in chart.dependencies}
-    if "istiod" not in present:
-        pytest.skip("istiod chart not fetched (no chart repository reachable here): run `make chart-deps`")
+        assert "istiod" in {d["name"] for d in chart.dependencies}
     docs = render(CHART, INSTALL_STEP_VALUES, "amesh")
     injector = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "istio-sidecar-injector")
     config = yaml.safe_load(injector["data"]["config"])

@@ -140,6 +140,16 @@ class TestEnvoyGatewayFeatures:
         fields = report_fields("envoygateway-retry.routes.yaml")
         assert "virtual_hosts.routes.route.retry_policy.retry_on[retriable-status-codes]" in fields
 
-    def test_mirror_without_host_is_reported(self):
-        fields = report_fields("envoygateway-http-route-mirrors-percentage.routes.yaml")
-        assert any("request_mirror_policies.cluster" in f for f in fields)
+    def test_mirror_of_a_non_istio_cluster_goes_through_the_mirror_listener(self):
+        # any cluster name is mirrored now (the mirror listener's route references its upstream);
+        # disableShadowHostSuffixAppend: nothing to report about the Host
+        name = "envoygateway-http-route-mirrors-percentage.routes.yaml"
+        document = doc(name)
+        mirror = next(r["plugins"]["proxy-mirror"] for r in document["routes"]
+                      if "proxy-mirror" in r.get("plugins", {}))
+        assert mirror["host"] == "http://127.0.0.1:15099" and mirror["sample_ratio"] == 0.29
+        internal = next(r for r in document["routes"] if r["name"] == "mirror/mirror-route-dest")
+        assert mirror["path"] == internal["uris"][0][:-2] and internal["upstream_id"] in {
+            u["id"] for u in document["upstreams"]}
+        fields = report_fields(name)
+        assert not any("shadow" in f or "request_mirror_policies.cluster" in f for f in fields)

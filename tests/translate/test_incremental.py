@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from sidecar_agent.configdump import XdsResources, load_config_dump
-from sidecar_agent.testing import istiogen
+from amesh_testing import istiogen
 from sidecar_agent.translate import Translator, document, report, translate
 from sidecar_agent.translate.match import escape
 from sidecar_agent.translate.render import to_json, to_yaml
@@ -128,6 +128,83 @@ def test_missing_and_returning_resources(assembly):
         what = "removed" if message is None else "set"
         assert to_json(translator.document()) == full(current), f"{kind} {name} {what}"
     assert to_json(translator.document()) == full(state)
+
+
+def _mirror_variant(rc, name: str | None = None, mirror_to: str | None = "keep"):
+    """A copy of route configuration `rc` (renamed to `name`), its mirrors sent to `mirror_to`
+    (None: removed)."""
+    out = type(rc)()
+    out.CopyFrom(rc)
+    if name:
+        out.name = name
+    for vhost in out.virtual_hosts:
+        for route in vhost.routes:
+            for policy in list(route.route.request_mirror_policies):
+                if mirror_to is None:
+                    del route.route.request_mirror_policies[:]
+                    break
+                if mirror_to != "keep":
+                    policy.cluster = mirror_to
+    return out
+
+
+def _mirror_routes(doc: dict) -> list[str]:
+    return sorted(r["name"] for r in doc["routes"] if r["name"].startswith("mirror/"))
+
+
+def test_mirror_routes_follow_route_and_cluster_changes(assembly):
+    """One mirror-listener route per mirrored upstream, counted over route configurations: it comes
+    and goes with the mirrors (not with the clusters), and incremental equals full at every step."""
+    state = resources_of(istiogen.bookinfo("reviews-mirror"))
+    translator = Translator().load(XdsResources(**state))
+    v2 = next(n for n in state["clusters"] if n.startswith("outbound|9080|v2|reviews"))
+    v3 = next(n for n in state["clusters"] if n.startswith("outbound|9080|v3|reviews"))
+    assert _mirror_routes(translator.document()) == ["mirror/404", f"mirror/{v2}"]
+    rc = state["route_configs"]["9080"]
+    steps = [("route_configs", "9080", _mirror_variant(rc, mirror_to=v3), [v3]),
+             ("route_configs", "9081", _mirror_variant(rc, "9081"), [v2, v3]),
+             ("clusters", v3, None, [v2, v3]),  # the mirrored cluster goes: its upstream stays, no nodes
+             ("endpoints", v3, None, [v2, v3]),
+             ("route_configs", "9080", rc, [v2]),  # now mirrored by two route configurations
+             ("route_configs", "9081", None, [v2]),  # one of them goes: the route stays
+             ("route_configs", "9080", _mirror_variant(rc, mirror_to=None), []),
+             ("route_configs", "9080", rc, [v2])]
+    current = state
+    for kind, name, message, mirrored in steps:
+        apply(translator, kind, name, message)
+        current = without(current, kind, name) if message is None else {
+            **current, kind: {**current[kind], name: message}}
+        doc = translator.document()
+        what = "removed" if message is None else "set"
+        assert to_json(doc) == full(current), f"{kind} {name} {what}"
+        assert _mirror_routes(doc) == (["mirror/404"] + [f"mirror/{c}" for c in sorted(mirrored)]
+                                       if mirrored else []), f"{kind} {name} {what}"
+        by_name = {r["name"]: r for r in doc["routes"]}
+        for cluster in mirrored:
+            route = by_name[f"mirror/{cluster}"]
+            assert any(u["id"] == route["upstream_id"] for u in doc["upstreams"])
+            assert any(r.get("plugins", {}).get("proxy-mirror", {}).get("path") == route["uris"][0][:-2]
+                       for r in doc["routes"])
+        kept = by_name.get(f"mirror/{v2}")
+    # an endpoint change or another route configuration leaves the mirror routes alone: the same objects
+    translator.set_endpoints(moved_endpoints(current, 1)["endpoints"][sorted(current["endpoints"])[0]])
+    translator.set_route_config(state["route_configs"]["8080"] if "8080" in state["route_configs"]
+                                else _mirror_variant(rc, "9082", mirror_to=None))
+    assert kept is not None
+    assert next(r for r in translator.document()["routes"] if r["name"] == f"mirror/{v2}") is kept
+
+
+def test_mirror_port_comes_from_the_data_path_settings():
+    from sidecar_agent.apisix import datapath
+
+    state = resources_of(istiogen.bookinfo("reviews-mirror"))
+    moved = Translator(data_path=datapath.DataPathSettings(mirror_port=14999)).load(XdsResources(**state))
+    hosts = {r["plugins"]["proxy-mirror"]["host"] for r in moved.document()["routes"]
+             if "proxy-mirror" in r.get("plugins", {})}
+    assert hosts == {"http://127.0.0.1:14999"}
+    assert moved.data_path_settings.mirror_port == 14999
+    # the default Translator points at the default listener
+    assert "http://127.0.0.1:15099" in full(state)
 
 
 def test_many_endpoint_changes_at_once(assembly):

@@ -1,6 +1,6 @@
 """Bookinfo traffic-management scenarios: istiod-like xDS -> translate -> what APISIX does with requests.
 
-For each scenario the xDS comes from ``sidecar_agent.testing.istiogen`` (the way istiod builds it), is
+For each scenario the xDS comes from ``amesh_testing.istiogen`` (the way istiod builds it), is
 translated with the project's translator and checked three ways:
 
 1. the APISIX document validates against APISIX 3.18's schemas and references only objects it holds;
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from sidecar_agent.configdump import XdsResources, load_config_dump
-from sidecar_agent.testing import istiogen
+from amesh_testing import istiogen
 from sidecar_agent.translate import Translator, translate
 from tests.translate.apisix_router import (
     Request, Router, fault_for, route_upstream, traffic_split_arm, upstream_path,
@@ -319,7 +319,8 @@ def req(host: str, path: str = "/", user: str | None = None, port: int | None = 
     if port is None:
         port = int(host.rsplit(":", 1)[1]) if ":" in host else 9080
     return Request(host=host, path=path, headers=headers,
-                   extra_vars={"original_dst_port": str(port), "server_port": str(port)}, **kw)
+                   extra_vars={"original_dst_port": port, "server_port": str(port),
+                                       "amesh_direction": "outbound"}, **kw)  # as the hook registers them
 
 
 def outcome(name: str, r: Request) -> tuple:
@@ -442,18 +443,55 @@ def test_ratings_retries():
     assert default_up["retries"] == 2
 
 
-def test_mirror_copies_reviews_traffic_and_reports_the_subset():
-    """Mirroring task: live traffic to v1, a copy to v2. APISIX's proxy-mirror takes a host, not an
-    upstream, so the copy goes to the reviews service (every version) and the report says so."""
-    route, up = upstream_for("reviews-mirror", req("reviews:9080"))
+def mirror_leg(doc: dict, route: dict, r: Request) -> tuple[dict, dict, str]:
+    """What the copy of `r` does, as APISIX runs it: proxy-mirror (path_concat_mode prefix) sends
+    `<host><path><uri>?<args>` to the mirror listener, where the hook says `amesh_direction` "mirror"
+    and no original port; the matching route's proxy-rewrite regex_uri gives the upstream URI (the
+    query re-appended). (mirror-listener route, its upstream, the URI the upstream sees)"""
+    conf = route["plugins"]["proxy-mirror"]
+    assert conf["path_concat_mode"] == "prefix"
+    uri = r.raw_path + (f"?{r.query}" if r.query is not None else "")
+    path, _, query = (conf["path"] + uri).partition("?")
+    copy_req = Request(host=r.host, path=conf["path"] + uri, headers=r.headers, method=r.method,
+                       server_port=int(conf["host"].rsplit(":", 1)[1]), extra_vars={"amesh_direction": "mirror"})
+    leg = Router(doc["routes"]).match(copy_req)
+    assert leg is not None, f"the copy {copy_req} matched no route on the mirror listener"
+    pattern, replacement = leg["plugins"]["proxy-rewrite"]["regex_uri"]
+    rewritten = re.sub(pattern, replacement.replace("$1", r"\1"), path, count=1)
+    return leg, route_upstream(doc, leg), rewritten + (f"?{query}" if query else "")
+
+
+def test_mirror_copies_reviews_traffic_to_the_subset():
+    """Mirroring task: live traffic to v1, a copy to v2. The copy goes to the loopback mirror listener
+    (APISIX's own copy is not captured), whose route sends it to the v2 subset's upstream with the
+    request's path and query."""
+    r = req("reviews:9080", "/reviews/0?user=jason&x=1")
+    route, up = upstream_for("reviews-mirror", r)
     assert cluster_of(up) == cluster("reviews", "v1")
     mirror = route["plugins"]["proxy-mirror"]
     assert mirror.get("sample_ratio", 1) == 1
-    assert mirror["host"] == f"http://reviews.{NS}:9080"
+    assert mirror["host"] == "http://127.0.0.1:15099"
+    doc = scenario("reviews-mirror")[1]
+    leg, leg_up, uri = mirror_leg(doc, route, r)
+    assert cluster_of(leg_up) == cluster("reviews", "v2")
+    assert uri == "/reviews/0?user=jason&x=1"
+    assert leg["vars"] == [["amesh_direction", "==", "mirror"]]  # no original_dst_port there
+    # an app's request with that path on the outbound listener is an ordinary one (to v1)
+    ordinary = Router(doc["routes"]).match(req("reviews:9080", mirror["path"] + "/reviews/0"))
+    assert ordinary["id"] == route["id"]
+    # what else reaches the mirror listener answers 404, never the virtualOutbound fallback
+    stray = Router(doc["routes"]).match(Request(host="reviews:9080", path="/reviews/0",
+                                                extra_vars={"amesh_direction": "mirror"}))
+    assert stray["name"] == "mirror/404" and fault_for(stray, r).abort_status == 404
     report = translate(resources_of(scenario("reviews-mirror")[0])).report
-    assert any("subset v2" in e.field for e in report.entries), "the lost subset must be reported"
+    fields = {e.field for e in report.entries}
+    assert not any("subset" in f for f in fields), "the subset is kept now"
+    assert any("-shadow" in f for f in fields), "the Host suffix Envoy adds is not: reported"
     ratings, _ = upstream_for("reviews-mirror", req("ratings:9080"))
     assert "proxy-mirror" not in (ratings.get("plugins") or {})
+    from sidecar_agent.translate.summary import summarize
+
+    assert "default → v1 + copy to v2" in summarize(doc, report)
 
 
 def test_load_balancing_policies():
@@ -466,7 +504,7 @@ def test_load_balancing_policies():
     for u in doc["upstreams"]:
         by_cluster.setdefault(cluster_of(u), []).append(u)
     for subset in ("v1", "v2"):
-        assert {u["type"] for u in by_cluster[cluster("reviews", subset)]} == {"least_conn"}
+        assert {u["type"] for u in by_cluster[cluster("reviews", subset)]} == {"roundrobin"}  # LEAST_REQUEST: see translate/cluster.py
     # outlier detection -> passive health checks on the reviews clusters
     assert all("passive" in (u.get("checks") or {}) for u in by_cluster[cluster("reviews", "v1")])
     _, ratings = upstream_for(name, req("ratings:9080"))
@@ -705,7 +743,7 @@ def test_generated_subset_cluster_has_istiods_shape():
 def test_shipped_example_is_current():
     shipped = ROOT / "e2e" / "bookinfo" / "productpage.config_dump.json"
     assert shipped.read_text() == istiogen.config_dump_json(istiogen.bookinfo()), \
-        "regenerate: python -m sidecar_agent.testing.istiogen --bookinfo > e2e/bookinfo/productpage.config_dump.json"
+        "regenerate: python -m amesh_testing.istiogen --bookinfo > e2e/bookinfo/productpage.config_dump.json"
     resources = load_config_dump(shipped)
     assert set(resources.route_configs) == {"9080", "15014"}
     assert resources.endpoints[cluster("reviews", "v2")].endpoints[0].lb_endpoints[0].endpoint.address \

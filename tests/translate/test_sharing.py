@@ -11,7 +11,7 @@ import json
 import pickle
 
 from sidecar_agent.store import Codec
-from sidecar_agent.testing import istiogen
+from amesh_testing import istiogen
 from sidecar_agent.translate import Translator
 from sidecar_agent.translate.endpoint import NodePool
 from sidecar_agent.translate.index import SmallSets

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
 
+from sidecar_agent.apisix.datapath import DataPathSettings
 from sidecar_agent.cli import main
 from sidecar_agent.configdump import ConfigDumpError, load_config_dump
 from sidecar_agent.schema import validate_document
@@ -153,6 +155,74 @@ def test_directory_input(tmp_path):
     (tmp_path / "b.endpoints.yaml").write_text(json.dumps(cla("10.0.0.1")))
     resources = load_config_dump(tmp_path)
     assert list(resources.clusters) == [CLUSTER["name"]] and list(resources.endpoints) == [CLUSTER["name"]]
+
+
+V2 = "outbound|9080|v2|reviews.default.svc.cluster.local"
+
+
+def test_mirror_goes_through_the_mirror_listener(schema_dir):
+    """request_mirror_policies -> proxy-mirror to 127.0.0.1:<mirror port> under /__amesh_mirror/<upstream
+    id> (prefix mode: the request's path and query follow), and one internal route taking that prefix
+    on the mirror listener to the mirrored subset's upstream, the prefix stripped."""
+    v2 = {**CLUSTER, "name": V2, "edsClusterConfig": {"serviceName": V2}}
+    mirrored = route({"prefix": "/"}, timeout="3s", retryPolicy={"retryOn": "connect-failure", "numRetries": 2},
+                     requestMirrorPolicies=[{"cluster": V2, "runtimeFraction": {
+                         "defaultValue": {"numerator": 25, "denominator": "HUNDRED"}}}])
+    result = translated(CLUSTER, v2, cla("10.0.0.1"), cla("10.0.0.2", name=V2), rc([mirrored]))
+    doc = result.document
+    assert validate_document(doc, schema_dir) == []
+    main = next(r for r in doc["routes"] if "proxy-mirror" in r.get("plugins", {}))
+    up_v2 = next(u for u in doc["upstreams"] if u["name"] == V2)  # the plain upstream: a copy is not retried
+    assert main["plugins"]["proxy-mirror"] == {
+        "host": "http://127.0.0.1:15099", "path": f"/__amesh_mirror/{up_v2['id']}", "path_concat_mode": "prefix",
+        "sample_ratio": 0.25}
+    internal = next(r for r in doc["routes"] if r["name"] == f"mirror/{V2}")
+    assert internal == {
+        "id": internal["id"], "name": f"mirror/{V2}", "priority": 0,
+        "uris": [f"/__amesh_mirror/{up_v2['id']}/*"], "vars": [["amesh_direction", "==", "mirror"]],
+        "upstream_id": up_v2["id"],
+        "plugins": {"proxy-rewrite": {"regex_uri": [
+            "^" + re.escape(f"/__amesh_mirror/{up_v2['id']}") + "(/.*)", "$1"]}}}
+    assert re.fullmatch(r"r-mirror_outbound_9080_v2_reviews\.default-[0-9a-f]{12}", internal["id"])
+    assert up_v2["nodes"] == [{"host": "10.0.0.2", "port": 9080, "weight": 1}]
+    # proxy-mirror sends `path .. uri .. ?args`; the internal route's regex gives back the request's path
+    pattern, _ = internal["plugins"]["proxy-rewrite"]["regex_uri"]
+    copy_uri = main["plugins"]["proxy-mirror"]["path"] + "/reviews/1"
+    assert re.sub(pattern, r"\1", copy_uri) == "/reviews/1"
+    catch_all = next(r for r in doc["routes"] if r["name"] == "mirror/404")
+    assert catch_all["priority"] == 1 and catch_all["vars"] == internal["vars"]
+    fields = {e.field for e in result.report.entries}
+    assert "virtual_hosts.routes.route.request_mirror_policies[Host not suffixed with -shadow]" in fields
+    assert not any("subset" in f for f in fields)
+    # the same upstream mirrored by two routes: one internal route
+    twice = translated(CLUSTER, v2, rc([mirrored, {**mirrored, "match": {"prefix": "/other"}}])).document
+    assert [r["name"] for r in twice["routes"] if r["name"].startswith("mirror/")] == ["mirror/404", f"mirror/{V2}"]
+
+
+def test_mirror_edge_cases(schema_dir):
+    v2 = {**CLUSTER, "name": V2, "edsClusterConfig": {"serviceName": V2}}
+    # no shadow suffix wanted: nothing reported; 0 %: no mirror at all (Envoy copies nothing)
+    quiet = route({"prefix": "/"}, requestMirrorPolicies=[{"cluster": V2, "disableShadowHostSuffixAppend": True}])
+    off = route({"prefix": "/off"}, requestMirrorPolicies=[{"cluster": V2, "runtimeFraction": {
+        "defaultValue": {"numerator": 0}}}])
+    result = translated(CLUSTER, v2, rc([off, quiet]))
+    assert validate_document(result.document, schema_dir) == []
+    mirrors = [r for r in result.document["routes"] if "proxy-mirror" in r.get("plugins", {})]
+    assert len(mirrors) == 1 and "sample_ratio" not in mirrors[0]["plugins"]["proxy-mirror"]
+    assert not any("mirror" in e.field for e in result.report.entries)
+    # a mirror of a cluster CDS lacks: the internal route's upstream exists without nodes, reported
+    missing = translated(CLUSTER, rc([route({"prefix": "/"}, requestMirrorPolicies=[{"cluster": V2}])]))
+    assert validate_document(missing.document, schema_dir) == []
+    assert any(e.resource == V2 and "missing" in e.field for e in missing.report.entries)
+    # a prefix rewrite: the copy keeps the path before it (proxy-mirror runs first), reported
+    rewritten = translated(CLUSTER, v2, rc([route({"prefix": "/api/"}, prefixRewrite="/",
+                                                  requestMirrorPolicies=[{"cluster": V2}])]))
+    assert any("copy keeps the path before" in e.field for e in rewritten.report.entries)
+    # a custom mirror port
+    moved = Translator(data_path=DataPathSettings(mirror_port=14999)).load(
+        load_config_dump([CLUSTER, v2, rc([quiet])])).document()
+    assert {r["plugins"]["proxy-mirror"]["host"] for r in moved["routes"] if "proxy-mirror" in r.get("plugins", {})} \
+        == {"http://127.0.0.1:14999"}
 
 
 def test_validator_rejects_what_apisix_rejects(schema_dir):

@@ -1,0 +1,1 @@
+"""The local mesh: istiod + Bookinfo pods in network namespaces with APISIX sidecars (amesh-mesh)."""

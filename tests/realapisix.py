@@ -1,0 +1,469 @@
+"""A real APISIX (the install at /usr/local/apisix, see ../shared/peers/apisix) for tests.
+
+`Apisix` runs one instance in a private prefix (apisix/ and deps/ symlinked, conf/ copied) inside a
+network namespace, with the `conf/config.yaml` the agent renders (`config.render_yaml`), in file
+mode (`conf/apisix.yaml`, `load()`) or API-driven standalone mode (the Admin API on 127.0.0.1:9180
+of the namespace). It runs as the capture-exempt UID/GID 1337 through `setpriv` (so in a captured
+pod its upstream connections are not captured again; nginx ignores the `user` directive then), is
+stopped by PID (SIGQUIT, then SIGKILL) and its prefix removed.
+
+The test process reaches loopback listeners inside the namespace through `forward(port)`: a
+listener on the host's 127.0.0.1 whose connections are opened from a thread that entered the
+namespace (setns is per thread), so nothing is added to the host's network.
+
+Only a missing /usr/local/apisix (or no root / `ip netns`) skips, saying so; CI installs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from netns_tests import pods
+from sidecar_agent.apisix import config as apisix_config
+from sidecar_agent.apisix import datapath
+
+HOME = Path(os.environ.get("AMESH_APISIX_HOME", "/usr/local/apisix"))
+PROXY_UID = 1337  # the UID/GID the capture rules exempt
+ADMIN_PORT = 9180
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@functools.cache
+def unavailable() -> str | None:
+    """Why a real APISIX cannot run here, or None."""
+    if not (HOME / "apisix" / "cli" / "apisix.lua").exists():
+        return f"APISIX is not installed at {HOME} (../shared/peers/apisix/install.sh; CI installs it)"
+    if shutil.which("openresty") is None or shutil.which("apisix") is None:
+        return "openresty/apisix not on PATH (install.sh creates /usr/bin/openresty and /usr/bin/apisix)"
+    if os.geteuid() != 0:
+        return "the real-APISIX tests need root (network namespaces, setpriv)"
+    if shutil.which("ip") is None or subprocess.run(["ip", "netns", "list"], capture_output=True).returncode:
+        return "`ip netns` unavailable"
+    return None
+
+
+def skip_unless_available() -> None:
+    import pytest
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+def settings(mode: apisix_config.Mode, *, key: str = "amesh-test-admin-key-0123", workers: int = 1,
+             **data_path: Any) -> tuple[apisix_config.ApisixSettings, datapath.DataPathSettings]:
+    """The agent's settings for a test instance: one worker, the open-file limit this host allows."""
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if nofile == resource.RLIM_INFINITY or nofile > 1 << 20:
+        nofile = 1 << 20
+    apisix = apisix_config.ApisixSettings(admin_key=key, mode=mode, worker_processes=workers, nofile_limit=nofile)
+    dp = datapath.DataPathSettings(proxy_user=apisix.worker_user, proxy_group=apisix.worker_group, **data_path)
+    return apisix, dp
+
+
+def _enter(ns: str) -> None:
+    """Move the calling thread into namespace `ns` (setns(2) is per thread)."""
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"setns {ns}: {os.strerror(error)}")
+    finally:
+        os.close(fd)
+
+
+def _pump(src: socket.socket, dst: socket.socket, seen: list[bytes] | None = None) -> None:
+    try:
+        while data := src.recv(65536):
+            if seen is not None:
+                seen.append(data)
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+class Forwarder:
+    """host 127.0.0.1:<port> -> (host, port) inside namespace `ns`."""
+
+    def __init__(self, ns: str, host: str, port: int, record=None) -> None:
+        """`record(request bytes, response bytes)` is called when a connection ends."""
+        self.target = (ns, host, port)
+        self.record = record
+        self.active = 0  # connections being served (their record not made yet)
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.active += 1
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            self._forward(client)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+    def idle(self, timeout: float = 5.0) -> None:
+        """Wait until every connection accepted so far has ended (and been recorded)."""
+        deadline = time.monotonic() + timeout
+        while self.active and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def _forward(self, client: socket.socket) -> None:
+        ns, host, port = self.target
+        try:
+            _enter(ns)  # this thread only; it ends with the connection
+            upstream = socket.create_connection((host, port), timeout=10)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        for sock in (client, upstream):  # no Nagle: small request/answer exchanges would wait for ACKs
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sent, got = ([], []) if self.record else (None, None)
+        back = threading.Thread(target=_pump, args=(upstream, client, got), daemon=True)
+        back.start()
+        _pump(client, upstream, sent)
+        back.join(30)
+        client.close()
+        upstream.close()
+        if self.record:
+            self.record(b"".join(sent), b"".join(got))
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+
+
+def _connectable(ns: str, host: str, port: int) -> bool:
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            _enter(ns)
+            socket.create_connection((host, port), timeout=1).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+class Apisix:
+    """One APISIX in a private prefix inside namespace `ns` (None: a fresh namespace of its own, with
+    only loopback, removed by `stop()`)."""
+
+    def __init__(self, config_yaml: str, *, ns: str | None = None, document: dict | None = None,
+                 timeout: float = 30.0) -> None:
+        self.conf = yaml.safe_load(config_yaml)
+        self.file_mode = self.conf["deployment"]["role"] == "data_plane"
+        self.own_ns = ns is None
+        self.ns = ns or pods.unique_prefix() + "-apisix"
+        self.prefix = Path(tempfile.mkdtemp(prefix="amesh-apisix-"))
+        self.proc: subprocess.Popen | None = None
+        self.forwarders: dict[tuple[str, int], Forwarder] = {}
+        self.extra_forwarders: list[Forwarder] = []
+        self.timeout = timeout
+        try:
+            if self.own_ns:
+                pods.create_namespace(self.ns)
+            self._prepare(config_yaml, document)
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def _prepare(self, config_yaml: str, document: dict | None) -> None:
+        for name in ("apisix", "deps"):
+            (self.prefix / name).symlink_to(HOME / name)
+        conf = self.prefix / "conf"
+        conf.mkdir()
+        shutil.copytree(HOME / "conf" / "cert", conf / "cert")
+        for name in ("mime.types", "debug.yaml"):
+            shutil.copy(HOME / "conf" / name, conf / name)
+        (conf / "config.yaml").write_text(config_yaml)
+        if self.file_mode:
+            self.write_document(document or {})
+        (self.prefix / "logs").mkdir()
+        init = pods.ns_run(self.ns, ["sh", "-c", f"cd {self.prefix} && apisix init"], check=False, timeout=60)
+        if init.returncode:
+            raise RuntimeError(f"apisix init failed ({init.returncode}):\n{init.stdout}\n{init.stderr}")
+        self.init_output = init.stdout + init.stderr
+        for path in [self.prefix, *self.prefix.rglob("*")]:
+            if not path.is_symlink():
+                os.chown(path, PROXY_UID, PROXY_UID)
+
+    def start(self) -> None:
+        """Start openresty (also after `stop_process()`: a restart that keeps the prefix) and wait until
+        every listener of config.yaml accepts."""
+        argv = ["ip", "netns", "exec", self.ns, "setpriv", "--reuid", str(PROXY_UID), "--regid", str(PROXY_UID),
+                "--clear-groups", "openresty", "-p", f"{self.prefix}/", "-g", "daemon off;"]
+        path = self.prefix / "logs" / "stderr.log"  # error_log is /dev/stderr: reopened by UID 1337
+        stderr = open(path, "ab")
+        os.chown(path, PROXY_UID, PROXY_UID)
+        # `ip netns exec` and setpriv exec, so this PID is the nginx master's
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, cwd=self.prefix)
+        stderr.close()
+        self._wait_ready()
+
+    def listeners(self) -> list[tuple[str, int]]:
+        out = [("127.0.0.1", int(item["port"])) for item in self.conf["apisix"]["node_listen"]]
+        for item in self.conf["apisix"].get("stream_proxy", {}).get("tcp", []):
+            host, _, port = str(item["addr"]).rpartition(":")
+            if not host.startswith("["):
+                out.append(("127.0.0.1", int(port)))
+        if not self.file_mode:
+            out.append(("127.0.0.1", ADMIN_PORT))
+        return out
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        pending = self.listeners()
+        while pending:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"APISIX exited {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"APISIX not listening on {pending} after {self.timeout}s:\n{self.log()}")
+            pending = [(h, p) for h, p in pending if not _connectable(self.ns, h, p)]
+            if pending:
+                time.sleep(0.05)
+        if not self.file_mode:  # the Admin API answers once the workers run
+            while self.admin("GET")[0] not in (200, 404):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"Admin API not answering:\n{self.log()}")
+                time.sleep(0.05)
+
+    def stop_process(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGQUIT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def restart(self) -> None:
+        """Stop and start the same instance: API mode forgets everything pushed (as in a pod)."""
+        self.stop_process()
+        self.start()
+
+    def stop(self) -> None:
+        self.stop_process()
+        for forwarder in self.extra_forwarders:
+            forwarder.close()
+        for forwarder in self.forwarders.values():
+            forwarder.close()
+        self.forwarders.clear()
+        if self.own_ns:
+            pods.remove_namespace(self.ns)
+        shutil.rmtree(self.prefix, ignore_errors=True)
+
+    def log(self) -> str:
+        parts = []
+        for name in ("stderr.log", "error.log"):
+            path = self.prefix / "logs" / name
+            if path.exists():
+                parts.append(path.read_text(errors="replace")[-4000:])
+        return "\n".join(parts)
+
+    def errors(self) -> list[str]:
+        """error-level lines of the log, without the ones every start of this build logs
+        (../shared/peers/apisix/README.md "What fails")."""
+        known = ("rediscluster.lua", "setrlimit", "resty.ksuid", "resty.luasocket.http",
+                 # API mode: a stream connection before the first PUT (the readiness probe)
+                 "config_util.lua:34")
+        return [line for line in self.log().splitlines()
+                if ("[error]" in line or "[emerg]" in line or "[crit]" in line) and not any(k in line for k in known)]
+
+    # -- configuration -------------------------------------------------------------------------------
+    def write_document(self, document: dict) -> None:
+        """File mode: write conf/apisix.yaml atomically (APISIX reloads it within ~1 s)."""
+        path = self.prefix / "conf" / "apisix.yaml"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(document, sort_keys=False) + "#END\n")
+        os.chown(tmp, PROXY_UID, PROXY_UID)
+        os.replace(tmp, path)
+
+    def load(self, document: dict, probe=None, timeout: float = 10.0) -> None:
+        """File mode: write `document` and wait until `probe()` (the test's own check that the new
+        document is live) is true; without a probe wait out APISIX's 1 s poll twice."""
+        self.write_document(document)
+        if probe is None:
+            time.sleep(2.2)
+            return
+        deadline = time.monotonic() + timeout
+        while not probe():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"document not live after {timeout}s:\n{self.log()}")
+            time.sleep(0.1)
+
+    # -- reaching it ---------------------------------------------------------------------------------
+    def forward(self, port: int, host: str = "127.0.0.1") -> int:
+        """A host-side 127.0.0.1 port that reaches (host, port) in the namespace."""
+        if (host, port) not in self.forwarders:
+            self.forwarders[(host, port)] = Forwarder(self.ns, host, port)
+        return self.forwarders[(host, port)].port
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.forward(ADMIN_PORT)}"
+
+    @property
+    def admin_key(self) -> str:
+        return self.conf["deployment"]["admin"]["admin_key"][0]["key"]
+
+    def admin(self, method: str, body: bytes | None = None, headers: dict | None = None,
+              ) -> tuple[int, dict, dict]:
+        """One Admin API call on /apisix/admin/configs: (status, JSON body or {}, headers)."""
+        request = urllib.request.Request(self.admin_url + "/apisix/admin/configs", data=body, method=method,
+                                         headers={"X-API-KEY": self.admin_key, **(headers or {})})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                status, text, got = answer.status, answer.read(), dict(answer.headers)
+        except urllib.error.HTTPError as exc:
+            status, text, got = exc.code, exc.read(), dict(exc.headers)
+        except OSError:
+            return 0, {}, {}
+        try:
+            parsed = json.loads(text) if text.strip() else {}
+        except ValueError:
+            parsed = {"raw": text.decode(errors="replace")}
+        return status, parsed, got
+
+
+@contextlib.contextmanager
+def running(config_yaml: str, **kwargs: Any) -> Iterator[Apisix]:
+    instance = Apisix(config_yaml, **kwargs)
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+class AdminRecorder:
+    """The real Admin API seen the way tests/agent/fake_apisix.FakeApisix is: `url` (through a
+    forwarder that records every exchange), `answers` (status of every PUT), `accepted` (the
+    documents of PUTs answered 202), and `config` / `versions` read back with GET; `restart()`
+    restarts APISIX (API mode keeps nothing across a restart)."""
+
+    def __init__(self, apisix: Apisix) -> None:
+        self.apisix = apisix
+        self.api_key = apisix.admin_key
+        self._answers: list[int] = []
+        self._accepted: list[dict] = []
+        self.lock = threading.Lock()
+        self.forwarder = Forwarder(apisix.ns, "127.0.0.1", ADMIN_PORT, record=self._record)
+        apisix.extra_forwarders.append(self.forwarder)
+        self.url = f"http://127.0.0.1:{self.forwarder.port}"
+
+    @property
+    def answers(self) -> list[int]:
+        self.forwarder.idle()
+        return self._answers
+
+    @property
+    def accepted(self) -> list[dict]:
+        self.forwarder.idle()
+        return self._accepted
+
+    def _record(self, request: bytes, response: bytes) -> None:
+        if not request.startswith(b"PUT ") or not response.startswith(b"HTTP/"):
+            return
+        status = int(response.split(b" ", 2)[1])
+        with self.lock:
+            self._answers.append(status)
+            if status == 202:
+                body = json.loads(request.partition(b"\r\n\r\n")[2])
+                self._accepted.append({k: v for k, v in body.items() if not k.endswith("_conf_version") and v})
+
+    def _get(self) -> dict:
+        status, body, _ = self.apisix.admin("GET")
+        assert status == 200, (status, body)
+        return body
+
+    @property
+    def config(self) -> dict:
+        return {k: v for k, v in self._get().items() if not k.endswith("_conf_version") and not k.startswith("X-")}
+
+    @property
+    def versions(self) -> dict[str, int]:
+        return {k[: -len("_conf_version")]: v for k, v in self._get().items() if k.endswith("_conf_version")}
+
+    def restart(self) -> None:
+        self.apisix.restart()
+
+    def reset(self) -> None:
+        """A clean slate for the next test: restarted, nothing recorded."""
+        self.apisix.restart()
+        self.forwarder.idle()
+        with self.lock:
+            self._answers.clear()
+            self._accepted.clear()
+
+
+ECHO = Path(__file__).resolve().parent / "echo_server.py"
+
+
+class EchoServers:
+    """tests/echo_server.py in namespace `ns`: listeners (name, host, port) answering with their name
+    (host an IPv6 literal in brackets for v6). A context manager; stopped by PID."""
+
+    def __init__(self, ns: str, listeners: list[tuple[str, str, int]]) -> None:
+        self.argv = ["ip", "netns", "exec", ns, sys.executable, str(ECHO),
+                     *(f"{name}@{host}:{port}" for name, host, port in listeners)]
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "EchoServers":
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            self.stop()
+            raise RuntimeError(f"echo servers did not start: {self.proc.stderr.read()}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
