@@ -1079,6 +1079,8 @@ def config_dump_message(xds: Xds, include_eds: bool = True) -> config_dump_pb2.C
     shared = config_dump_shared_pb2
     b = bootstrap_pb2.Bootstrap()
     b.node.id = xds.node_id
+    # as pilot-agent's bootstrap carries it: the pod's addresses, which the inbound side is keyed by
+    b.node.metadata["INSTANCE_IPS"] = xds.node_id.split("~")[1]
     bcd = config_dump_pb2.BootstrapConfigDump(bootstrap=b)
     bcd.last_updated.FromJsonString(ts)
     dump.configs.add().Pack(bcd)

@@ -16,7 +16,6 @@ import argparse
 import base64
 import hashlib
 import json
-import socket
 import socketserver
 import struct
 import sys
@@ -25,7 +24,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_DELAY = 30.0
 
 

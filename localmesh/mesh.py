@@ -131,6 +131,8 @@ def up(workdir: Path, *, apisix_mode: str = "file", istiod_path: Path | None = N
     if netns.listed(prefix) or Paths(workdir).state.exists():
         raise MeshError(f"a mesh is already up in {workdir} (amesh-mesh down --workdir {workdir} first)")
     preflight(apisix_home)
+    for leftover in ("logs", "pods", "istio"):  # a previous mesh's logs and prefixes: this one starts afresh
+        shutil.rmtree(workdir / leftover, ignore_errors=True)
     binary = istiod.find_binary(istiod_path, workdir / "cache")
     mesh = topology.bookinfo()
     state = {"prefix": prefix, "workdir": str(workdir), "apisix_mode": apisix_mode, "apisix_home": str(apisix_home),

@@ -79,7 +79,7 @@ class AgentConfig:
         return out
 
 
-FILE_POLL_SECONDS = 1.5  # APISIX re-reads conf/apisix.yaml once a second (data_plane + yaml)
+FILE_POLL_SECONDS = 1.5  # APISIX re-reads apisix.yaml / the pushed stream routes once a second
 
 
 def _listening(host: str, port: int) -> bool:
@@ -118,6 +118,14 @@ class Agent:
             raise ValueError("; ".join(problems))
         labels = self.config.labels_file.read_text() if self.config.labels_file.is_file() else None
         self.identity = identity_mod.from_env(self.env, labels_text=labels)
+        mode = str(self.identity.metadata.get("INTERCEPTION_MODE") or "REDIRECT").upper()
+        if mode == "TPROXY" and not self.config.no_apisix:
+            # Refused rather than half-served: under TPROXY the accepted socket's own address is the original
+            # destination (no NAT, so no SO_ORIGINAL_DST), and Istio's inbound keeps the client's address,
+            # which needs IP_TRANSPARENT upstream connections; neither is in the APISIX data path yet.
+            raise ValueError("interception mode TPROXY (ISTIO_META_INTERCEPTION_MODE, the pod's "
+                             "sidecar.istio.io/interceptionMode) is not supported by the APISIX sidecar yet: "
+                             "use REDIRECT (Istio's default) for this pod")
         self.node = self.identity.node()
         self.metrics = metrics_mod.AgentMetrics()
         cfg = self.config
@@ -175,8 +183,10 @@ class Agent:
         return None
 
     def _apisix_not_serving(self) -> str | None:
-        """The APISIX this agent runs must be up, listening, and (file mode) have read the file: its workers
-        load conf/apisix.yaml when they start and then poll it once a second."""
+        """The APISIX this agent runs must be up, listening, and have taken the first complete document: in
+        file mode its workers load conf/apisix.yaml when they start and then poll it once a second; in API mode
+        HTTP routes apply at once but the stream subsystem (the capture ports) polls the pushed configuration
+        once a second (measured on APISIX 3.18)."""
         supervisor = self.supervisor
         if supervisor is None or supervisor.pid is None:
             return "APISIX is not running"
@@ -184,7 +194,7 @@ class Agent:
             return "APISIX is starting (its listeners are not open yet)"
         if not supervisor.current:
             return "APISIX is reloading for the listeners the configuration needs"
-        if self.config.apisix_mode is apisix_config.Mode.FILE and supervisor.started_at is not None:
+        if supervisor.started_at is not None:  # file mode: workers poll apisix.yaml; API mode: stream polls
             delivered = self.pusher.complete_at or 0.0
             if supervisor.started_at < delivered and time.monotonic() < delivered + FILE_POLL_SECONDS:
                 return "APISIX is loading the configuration file"

@@ -110,9 +110,8 @@ _option = functools.partial(click.option, show_envvar=True)  # --help names each
               help="Name istiod's certificate must carry (default: the discovery host).")
 @_option("--apisix-mode", envvar="AMESH_APISIX_MODE", type=click.Choice(["api", "file"]),
               default="file", show_default=True,
-              help="file: conf/apisix.yaml (the default: stream routes, which the sidecar's capture ports need, "
-                   "did not apply through API-driven standalone in the APISIX build measured); api: PUT "
-                   "/apisix/admin/configs.")
+              help="file: conf/apisix.yaml, polled by APISIX once a second; api: PUT /apisix/admin/configs "
+                   "(API-driven standalone: HTTP routes apply at once, stream routes within a second).")
 @_option("--apisix-admin-url", envvar="AMESH_APISIX_ADMIN_URL", default=None,
               help="Default: the Admin API of the APISIX this agent starts (127.0.0.1:9180).")
 @_option("--apisix-admin-key", envvar="AMESH_APISIX_ADMIN_KEY", default=None,

@@ -16,6 +16,7 @@ Only a missing /usr/local/apisix (or no root / `ip netns`) skips, saying so; CI 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import functools
@@ -40,6 +41,7 @@ import yaml
 from netns_tests import pods
 from sidecar_agent.apisix import config as apisix_config
 from sidecar_agent.apisix import datapath
+from sidecar_agent.sink.file import FileSink
 
 HOME = Path(os.environ.get("AMESH_APISIX_HOME", "/usr/local/apisix"))
 PROXY_UID = 1337  # the UID/GID the capture rules exempt
@@ -197,6 +199,7 @@ class Apisix:
         self.proc: subprocess.Popen | None = None
         self.forwarders: dict[tuple[str, int], Forwarder] = {}
         self.extra_forwarders: list[Forwarder] = []
+        self.sink: FileSink | None = None
         self.timeout = timeout
         try:
             if self.own_ns:
@@ -312,12 +315,11 @@ class Apisix:
 
     # -- configuration -------------------------------------------------------------------------------
     def write_document(self, document: dict) -> None:
-        """File mode: write conf/apisix.yaml atomically (APISIX reloads it within ~1 s)."""
-        path = self.prefix / "conf" / "apisix.yaml"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(document, sort_keys=False) + "#END\n")
-        os.chown(tmp, PROXY_UID, PROXY_UID)
-        os.replace(tmp, path)
+        """File mode: write conf/apisix.yaml as the agent does (sink/file.py: atomically, and never
+        twice within one second, since APISIX notices a new file by its mtime in seconds)."""
+        if self.sink is None:
+            self.sink = FileSink(self.prefix / "conf" / "apisix.yaml")
+        asyncio.run(self.sink.push(document))
 
     def load(self, document: dict, probe=None, timeout: float = 10.0) -> None:
         """File mode: write `document` and wait until `probe()` (the test's own check that the new
@@ -326,6 +328,11 @@ class Apisix:
         if probe is None:
             time.sleep(2.2)
             return
+        self.wait_for(probe, timeout)
+
+    def wait_for(self, probe, timeout: float = 10.0) -> None:
+        """Until `probe()` is true (a new document is live: ~1 s in file mode, at once in API mode for
+        HTTP, ~1 s for stream routes)."""
         deadline = time.monotonic() + timeout
         while not probe():
             if time.monotonic() > deadline:

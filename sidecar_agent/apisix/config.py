@@ -105,6 +105,10 @@ def render(settings: ApisixSettings, data_path: datapath.DataPathSettings | None
             "enable_control": False,
             "enable_admin": s.mode is Mode.API,
             "enable_server_tokens": False,
+            # APISIX's default ssl.enable listens for TLS on 0.0.0.0:9443 and [::]:9443 (measured on 3.18):
+            # a port taken from the app's network namespace (an app on 9443 could not bind it). TLS
+            # in the mesh is per route/upstream (amesh.tls), never this listener.
+            "ssl": {"enable": False},
         },
         "deployment": deployment,
         "nginx_config": {

@@ -153,3 +153,16 @@ def test_schema_dir_that_is_not_one_is_one_line(monkeypatch, tmp_path):
     assert result.output.strip().splitlines()[-1] == (
         f"Error: {tmp_path}: not an APISIX schema directory (no core/route.json); give a version folder, "
         f"e.g. {tmp_path / '3.18'}")
+
+
+def test_tproxy_interception_is_refused_at_start(tmp_path):
+    """A pod injected for TPROXY (ISTIO_META_INTERCEPTION_MODE) gets one line saying why, before anything starts."""
+    from click.testing import CliRunner
+
+    from sidecar_agent.cli import main
+
+    env = {"POD_NAME": "p", "POD_NAMESPACE": "default", "INSTANCE_IP": "10.0.0.5",
+           "ISTIO_META_INTERCEPTION_MODE": "TPROXY", "PATH": "/usr/bin:/bin"}
+    result = CliRunner().invoke(main, ["run", "--plaintext", "--apisix-prefix", str(tmp_path)], env=env)
+    assert result.exit_code == 2 and "interception mode TPROXY" in result.output
+    assert "Traceback" not in result.output

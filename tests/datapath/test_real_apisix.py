@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -31,7 +29,6 @@ from sidecar_agent.apisix import config as apisix_config
 from sidecar_agent.translate.stream import precedence
 from tests import realapisix
 
-ECHO = Path(__file__).resolve().parents[1] / "echo_server.py"
 APP_UID = 1000  # captured like the app
 PASS_LABELS = {"amesh.passthrough": "original-dst"}
 
@@ -92,25 +89,6 @@ STREAM_ROUTES = sorted([
 DOCUMENT = {"routes": ROUTES, "upstreams": UPSTREAMS, "stream_routes": STREAM_ROUTES}
 
 
-def echo(ns: str, *specs: str) -> subprocess.Popen:
-    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(ECHO), *specs],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if proc.stdout.readline().strip() != "ready":
-        proc.kill()
-        raise RuntimeError(f"echo server in {ns} did not start: {proc.stderr.read()}")
-    return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def request(ns: str, host: str, port: int, *, host_header: str = "svc", uid: int = APP_UID) -> tuple[int, dict | str]:
     """One GET from inside `ns` as `uid`: (status, JSON body or text), or (0, why) when the connection
     was closed or reset without an answer."""
@@ -141,20 +119,14 @@ def mesh(captured_pod):
     (NETNS_ETC / network.pod / "hosts").write_text(f"127.0.0.1 localhost\n{OTHER_V4} origin.test\n")
     settings, data_path = realapisix.settings(apisix_config.Mode.FILE, ipv6=True, outbound_http_ports=(9080,),
                                               inbound_http_ports=(8080,))
-    procs = []
-    apisix = None
-    try:
-        procs.append(echo(network.other, f"other@0.0.0.0:80", "other@[::]:80", "other@0.0.0.0:9080"))
-        procs.append(echo(network.pod, "vip@127.0.0.1:19001", "port-only@127.0.0.1:19002", f"app@{POD_V4}:7777"))
-        apisix = realapisix.Apisix(apisix_config.render_yaml(settings, data_path), ns=network.pod,
-                                   document=DOCUMENT)
+    origins = realapisix.EchoServers(network.other, [("other", "0.0.0.0", 80), ("other", "[::]", 80),
+                                                     ("other", "0.0.0.0", 9080)])
+    local = realapisix.EchoServers(network.pod, [("vip", "127.0.0.1", 19001), ("port-only", "127.0.0.1", 19002),
+                                                 ("app", POD_V4, 7777)])
+    with origins, local, realapisix.running(apisix_config.render_yaml(settings, data_path), ns=network.pod,
+                                            document=DOCUMENT) as apisix:
         apisix.load(DOCUMENT, probe=lambda: request(network.pod, SERVICE_V4, 9000)[0] == 200)
         yield network, apisix
-    finally:
-        if apisix is not None:
-            apisix.stop()
-        for proc in procs:
-            stop(proc)
 
 
 def test_document_is_in_precedence_order_and_accepted(mesh):

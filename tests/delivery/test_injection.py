@@ -65,8 +65,6 @@ def test_default_pod_gets_istio_default_args_and_config(monkeypatch):
      lambda c: c.kubevirt_interfaces == ("net1", "net2")),
     ("traffic.sidecar.istio.io/excludeInterfaces", "eth1",
      lambda c: c.exclude_interfaces == ("eth1",)),
-    ("sidecar.istio.io/interceptionMode", "TPROXY",
-     lambda c: c.mode is Mode.TPROXY),
     ("status.sidecar.istio.io/port", "0",
      lambda c: c.inbound_exclude_ports == (15090, 15021)),
 ])
@@ -105,11 +103,25 @@ def test_interception_mode_none_has_no_init_container():
     assert container(pod, "istio-proxy")["name"] == "istio-proxy"
 
 
+@pytest.mark.parametrize("where", ["annotation", "mesh default"])
+def test_tproxy_is_refused_at_injection(where):
+    """The APISIX sidecar cannot serve TPROXY yet: the injector refuses the pod, naming why (the webhook's
+    error is what `kubectl apply` shows), rather than injecting a sidecar that would misroute."""
+    pod, proxy_config = SamplePod(), None
+    if where == "annotation":
+        pod = ann("sidecar.istio.io/interceptionMode", "tproxy")
+    else:
+        proxy_config = {"InterceptionMode": "TPROXY"}
+    with pytest.raises(Exception, match="interception mode TPROXY .* not supported by the APISIX sidecar"):
+        inject(pod, proxy_config=proxy_config)
+
+
 def test_mesh_default_interception_mode_from_proxy_config(monkeypatch):
-    pod = inject(SamplePod(), proxy_config={"InterceptionMode": "TPROXY"})
-    assert capture_config(pod, monkeypatch).mode is Mode.TPROXY
+    pod = inject(SamplePod(), proxy_config={"InterceptionMode": "REDIRECT"})
+    assert capture_config(pod, monkeypatch).mode is Mode.REDIRECT
     env = {e["name"]: e.get("value") for e in container(pod, "istio-proxy")["env"]}
-    assert env["ISTIO_META_INTERCEPTION_MODE"] == "TPROXY"
+    assert env["ISTIO_META_INTERCEPTION_MODE"] == "REDIRECT"
+    assert "initContainers" not in inject(SamplePod(), proxy_config={"InterceptionMode": "NONE"})["spec"]
 
 
 def test_proxy_metadata_reaches_init_env(monkeypatch):
@@ -136,12 +148,6 @@ def test_privileged_value_applies_to_init_only():
     pod = inject(SamplePod(), {"global": {"proxy": {"privileged": True}}})
     assert container(pod, "istio-init", "initContainers")["securityContext"]["privileged"] is True
     assert container(pod, "istio-proxy")["securityContext"]["privileged"] is False
-
-
-def test_tproxy_sidecar_gets_istio_tproxy_layout():
-    proxy = container(inject(ann("sidecar.istio.io/interceptionMode", "tproxy")), "istio-proxy")
-    sc = proxy["securityContext"]
-    assert sc["capabilities"]["add"] == ["NET_ADMIN"] and (sc["runAsUser"], sc["runAsGroup"]) == (0, 1337)
 
 
 def test_sidecar_keeps_istio_name_env_volumes_probe_and_metrics():
@@ -204,6 +210,6 @@ def test_resource_annotations_override_values():
 
 def test_injected_pod_is_a_valid_kubernetes_pod():
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    for pod in (SamplePod(), ann("sidecar.istio.io/interceptionMode", "TPROXY"),
+    for pod in (SamplePod(), ann("sidecar.istio.io/interceptionMode", "NONE"),
                 ann("traffic.sidecar.istio.io/excludeInterfaces", "eth1")):
         kubernetes_validate.validate(inject(pod), "1.30", strict=True)

@@ -1,0 +1,69 @@
+"""The conf/config.yaml the agent renders (apisix/config.py + apisix/datapath.py) on a real APISIX 3.18:
+`apisix init` accepts it in both modes, every listener it names comes up (capture ports as stream,
+internal HTTP listeners, Admin API in API mode, Prometheus), nothing unexpected is logged, and a
+route keyed on the hook's variables serves on an internal listener, pushed the agent's way."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import pytest
+
+from sidecar_agent.apisix.config import Mode, render_yaml
+from sidecar_agent.apisix.datapath import Direction, internal_ports
+from sidecar_agent.sink.admin_api import AdminApiSink
+from tests import realapisix
+
+ANSWER = {"serverless-pre-function": {"phase": "access", "functions": [
+    "return function(conf, ctx) require('apisix.core').response.exit(200, "
+    "{port = ctx.var.original_dst_port, direction = ctx.var.amesh_direction}) end"]}}
+DOCUMENT = {
+    "routes": [{"id": "r-9080", "uri": "/*", "upstream_id": "u-none", "plugins": ANSWER,
+                "vars": [["amesh_direction", "==", "outbound"], ["original_dst_port", "==", 9080]]}],
+    "upstreams": [{"id": "u-none", "type": "roundrobin", "nodes": [{"host": "127.0.0.1", "port": 1, "weight": 1}]}],
+}
+
+
+def get(port: int, path: str = "/") -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.mark.parametrize("mode", [Mode.API, Mode.FILE], ids=["api", "file"])
+@pytest.mark.parametrize("ports", [(), (9080, 15014)], ids=["no-http-port", "http-ports"])
+def test_generated_config_is_accepted_and_serves(mode, ports):
+    realapisix.skip_unless_available()
+    settings, data_path = realapisix.settings(mode, ipv6=True, outbound_http_ports=ports,
+                                              inbound_http_ports=(8080,) if ports else ())
+    with realapisix.running(render_yaml(settings, data_path)) as apisix:  # waits for every listener
+        nginx_conf = (apisix.prefix / "conf" / "nginx.conf").read_text()
+        assert "proxy_bind $amesh_upstream_bind;" in nginx_conf and "proxy_bind $amesh_stream_bind;" in nginx_conf
+        listens = {line.split()[1].rstrip(";") for line in nginx_conf.splitlines() if line.strip().startswith("listen ")}
+        expected = {"0.0.0.0:15001", "[::]:15001", "0.0.0.0:15006", "[::]:15006",
+                    f"127.0.0.1:{settings.prometheus_port}",
+                    *(f"127.0.0.1:{item['port']}" for item in apisix.conf["apisix"]["node_listen"])}
+        if mode is Mode.API:
+            expected.add(f"127.0.0.1:{settings.admin_port}")
+        # nothing else on an address of the pod (APISIX's default TLS listener 9443 is off)
+        assert {a for a in listens if not a.startswith("unix:")} == expected
+        prometheus = apisix.forward(settings.prometheus_port)
+        # right after a start the exporter answers 500 "no data available" until its first collection
+        apisix.wait_for(lambda: get(prometheus, "/apisix/prometheus/metrics")[0] == 200)
+        status, body = get(prometheus, "/apisix/prometheus/metrics")
+        assert status == 200 and b"apisix_" in body, (status, body, apisix.log())
+        if ports:
+            listener = apisix.forward(internal_ports(data_path)[(Direction.OUTBOUND, 9080)])
+            if mode is Mode.API:
+                asyncio.run(AdminApiSink(apisix.admin_url, settings.admin_key).push(DOCUMENT))
+                apisix.wait_for(lambda: get(listener)[0] == 200)
+            else:
+                apisix.load(DOCUMENT, probe=lambda: get(listener)[0] == 200)
+            status, body = get(listener)
+            assert status == 200 and b'"port":9080' in body and b'"direction":"outbound"' in body
+            # the other internal listener stands for 15014: the route keyed on 9080 does not match
+            assert get(apisix.forward(internal_ports(data_path)[(Direction.OUTBOUND, 15014)]))[0] == 404
+        assert not apisix.errors(), apisix.log()
