@@ -32,10 +32,12 @@ def run(workdir: Path, *, keep: bool = False, apisix_mode: str = "file", out=pri
             (o.task, o.sent, o.answered, o.istio, "ok" if o.ok else "FAIL"))))
         passed = sum(o.ok for o in outcomes)
         out("")
-        out(f"{passed} of {len(outcomes)} as Istio specifies. Try it yourself: amesh-mesh request --workdir {workdir} "
-            "productpage-v1 http://reviews:9080/ -H 'end-user: jason'")
+        out(f"{passed} of {len(outcomes)} as Istio specifies.")
+        if keep or not started_here:
+            out(f"Try it yourself: amesh-mesh request --workdir {workdir} productpage-v1 http://reviews:9080/ "
+                "-H 'end-user: jason'")
         return passed == len(outcomes)
     finally:
         if started_here and not keep:
             mesh_mod.down(workdir)
-            out(f"mesh taken down (keep it with --keep; remove it with amesh-mesh down --workdir {workdir})")
+            out("mesh taken down (amesh-mesh demo --keep leaves it up to try requests yourself)")

@@ -53,14 +53,23 @@ def reset(workdir: Path) -> None:
     mesh_mod.apply(workdir, files("destination-rule-all.yaml", "virtual-service-all-v1.yaml"))
 
 
+def _jason_and_others(workdir: Path, task: str, vs_file: str, service: str, n: int,
+                      for_jason: str, for_others: str) -> list[Outcome]:
+    """Apply `vs_file`, send n requests as jason and n as nobody in particular; each group must be answered
+    all alike (for_jason / for_others: 'reviews v2', 'HTTP 500', …)."""
+    mesh_mod.apply(workdir, files("destination-rule-all.yaml", vs_file))
+    url = f"http://{service}:9080/"
+    jason = answered(workdir, url, n, {"end-user": "jason"})
+    others = answered(workdir, url, n)
+    return [Outcome(task, f"{n} × {service}, end-user: jason", describe(jason), f"all {for_jason}",
+                    jason == Counter({for_jason: n})),
+            Outcome(task, f"{n} × {service}, no user", describe(others), f"all {for_others}",
+                    others == Counter({for_others: n}))]
+
+
 def request_routing(workdir: Path) -> list[Outcome]:
-    mesh_mod.apply(workdir, files("destination-rule-all.yaml", "virtual-service-reviews-jason-v2.yaml"))
-    jason = answered(workdir, "http://reviews:9080/", 10, {"end-user": "jason"})
-    others = answered(workdir, "http://reviews:9080/", 10)
-    return [Outcome("request routing", "10 × reviews, end-user: jason", describe(jason), "all reviews v2",
-                    jason == Counter({"reviews v2": 10})),
-            Outcome("request routing", "10 × reviews, no user", describe(others), "all reviews v1",
-                    others == Counter({"reviews v1": 10}))]
+    return _jason_and_others(workdir, "request routing", "virtual-service-reviews-jason-v2.yaml", "reviews", 10,
+                             "reviews v2", "reviews v1")
 
 
 def traffic_shifting(workdir: Path, n: int = 100) -> list[Outcome]:
@@ -85,13 +94,8 @@ def fault_delay(workdir: Path) -> list[Outcome]:
 
 
 def fault_abort(workdir: Path) -> list[Outcome]:
-    mesh_mod.apply(workdir, files("destination-rule-all.yaml", "virtual-service-ratings-jason-abort.yaml"))
-    jason = answered(workdir, "http://ratings:9080/", 5, {"end-user": "jason"})
-    others = answered(workdir, "http://ratings:9080/", 5)
-    return [Outcome("fault injection (abort)", "5 × ratings, end-user: jason", describe(jason), "HTTP 500",
-                    jason == Counter({"HTTP 500": 5})),
-            Outcome("fault injection (abort)", "5 × ratings, no user", describe(others), "ratings v1",
-                    others == Counter({"ratings v1": 5}))]
+    return _jason_and_others(workdir, "fault injection (abort)", "virtual-service-ratings-jason-abort.yaml",
+                             "ratings", 5, "HTTP 500", "ratings v1")
 
 
 def request_timeout(workdir: Path) -> list[Outcome]:
@@ -118,7 +122,7 @@ def mirroring(workdir: Path, n: int = 5) -> list[Outcome]:
             break
         time.sleep(0.1)
     return [Outcome("mirroring", f"{n} × reviews", f"{describe(counts)}; {copies} copies at reviews v2",
-                    f"answered by v1, a copy of each at v2", counts == Counter({"reviews v1": n}) and copies == n)]
+                    "v1 answers, each copied to v2", counts == Counter({"reviews v1": n}) and copies == n)]
 
 
 TASKS = (request_routing, traffic_shifting, fault_delay, fault_abort, request_timeout, mirroring)
