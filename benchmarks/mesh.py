@@ -1,8 +1,10 @@
 """Mesh figures on the local mesh (localmesh/): the data path through two APISIX sidecars, the time from a
 VirtualService write to the new route serving, and the memory of a sidecar (agent + APISIX) per pod.
 
-    /work/venv-sys/bin/python benchmarks/mesh.py [--apisix-mode file|api | --modes file,api] [--seconds 5] [--repeat 3]
-        [--workdir DIR] [--json]
+    /work/venv-sys/bin/python benchmarks/mesh.py [--apisix-mode file|api | --modes file,api]
+        [--seconds 5] [--repeat 3] [--workdir DIR] [--json]
+
+Needs Debian's `hey` and `wrk` (apt-get install hey wrk).
 
 Root. Brings up its own mesh (`localmesh.mesh.up`) in --workdir (default /tmp/amesh-bench-mesh, one mesh
 per APISIX mode in turn) and always takes it down again (`localmesh.mesh.down`), also on failure. All traffic
@@ -44,6 +46,7 @@ import io
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -83,15 +86,31 @@ def pod_processes(ns: str) -> dict[str, list[int]]:
     themselves "nginx: master process …", "nginx: worker process", "nginx: privileged agent process")."""
     out: dict[str, list[int]] = {"agent": [], "apisix": []}
     for pid in netns.pids_in([ns]):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
+        argv = cmdline(pid).decode(errors="replace").split("\0")
         if argv[0].startswith("nginx:"):
             out["apisix"].append(pid)
         elif any(a.endswith("amesh-agent") for a in argv[:2]):
             out["agent"].append(pid)
     return out
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
+
+
+def shutting_down(ns: str) -> int:
+    """nginx processes of a reload still finishing ("nginx: worker process is shutting down")."""
+    return sum(1 for pid in netns.pids_in([ns]) if b"shutting down" in cmdline(pid))
+
+
+def wait_settled(prefix: str, pods: list[str], timeout: float = 30.0) -> None:
+    """Until no APISIX is in the middle of a reload (its old workers would be counted, and freed soon)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(shutting_down(mesh_mod.namespace(prefix, p)) for p in pods):
+        time.sleep(0.5)
 
 
 def memory_kb(pid: int) -> tuple[int, int]:
@@ -148,12 +167,12 @@ def hey_paced(ns: str, url: str, seconds: int, keepalive: bool) -> dict:
             "-q", f"{RATE / CONNECTIONS:g}", "-o", "csv", url]
     if not keepalive:
         argv.insert(-1, "-disable-keepalive")
-    started = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-    elapsed = time.monotonic() - started
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     if not rows:
         raise RuntimeError(f"hey gave no figures for {url}: {done.stderr[-500:]}")
+    # the achieved rate over hey's own clock (offset = when each request started), not its start-up
+    elapsed = max(float(r["offset"]) + float(r["response-time"]) for r in rows)
     times = sorted(float(r["response-time"]) * 1000 for r in rows)
     bad = sum(1 for r in rows if r["status-code"] != "200")
     return {"requests": len(rows), "errors": bad, "rps": len(rows) / elapsed,
@@ -190,7 +209,7 @@ def data_path(prefix: str, client: str, seconds: int, repeat: int) -> dict:
     pod_ns = mesh_mod.namespace(prefix, CLIENT_POD)
     sidecars = {pod: pod_processes(mesh_mod.namespace(prefix, pod))["apisix"] for pod in (CLIENT_POD, SERVER_POD)}
     workers = sum(1 for pid in sidecars[CLIENT_POD]
-                  if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"nginx: worker"))
+                  if cmdline(pid).rstrip(b" \0") == b"nginx: worker process")
     paths = {"mesh": (pod_ns, "http://reviews:9080/"), "direct": (client, f"http://{BENCH_SERVER_IP}:9080/")}
     out: dict = {"workers_per_sidecar": workers, "rate": RATE, "connections": CONNECTIONS, "repeat": repeat}
     for keepalive in (True, False):
@@ -228,7 +247,8 @@ def data_path(prefix: str, client: str, seconds: int, repeat: int) -> dict:
 def reviews_vs(subset: str) -> dict:
     return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
             "metadata": {"name": "reviews", "namespace": topology.NAMESPACE},
-            "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews", "subset": subset}}]}]}}
+            "spec": {"hosts": ["reviews"],
+                     "http": [{"route": [{"destination": {"host": "reviews", "subset": subset}}]}]}}
 
 
 def answered_version(ns: str, vip: str) -> str | None:
@@ -343,6 +363,7 @@ def run_mode(mode: str, workdir: Path, seconds: int, repeat: int) -> dict:
         # the host is shared: its load says how much of the figures is other people's CPU
         result: dict = {"apisix_mode": mode, "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0]}
         log(f"{mode}: memory after sync")
+        wait_settled(state["prefix"], state["pods"])
         result["memory"] = memory(state["prefix"], state["pods"])
         pod_ns = mesh_mod.namespace(state["prefix"], CLIENT_POD)
         wait_pinned(pod_ns)
@@ -392,7 +413,8 @@ def table(results: list[dict]) -> str:
                          f"{verdict(a['p90'] <= target)}")
             v = m["vcpu_per_1000_rps"]
             lines.append(f"{label}: APISIX vCPU per 1,000 req/s (outbound/inbound){'':11} "
-                         f"{v[CLIENT_POD]:13.2f} {v[SERVER_POD]:6.2f}  {'ref Envoy %.2f' % ISTIO_VCPU_PER_1000_RPS:>22}  "
+                         f"{v[CLIENT_POD]:13.2f} {v[SERVER_POD]:6.2f}  "
+                         f"{'ref Envoy %.2f' % ISTIO_VCPU_PER_1000_RPS:>22}  "
                          f"{versus(max(v.values()) <= ISTIO_VCPU_PER_1000_RPS)}")
             mu, du = row["mesh"]["unpaced"], row["direct"]["unpaced"]
             lines.append(f"{label}: unpaced req/s direct / two sidecars{'':19} {du['rps']:13,.0f} {mu['rps']:6,.0f}")
@@ -407,11 +429,14 @@ def table(results: list[dict]) -> str:
         lines.append(f"  of which istiod: detect / pushed (debounce {PILOT_DEBOUNCE_MS} ms){'':14} "
                      f"{cc['istiod_detect_ms']:6.0f} {cc['istiod_push_ms']:6.0f}")
         lines.append(f"  of which the sidecar (push -> serving: agent + APISIX){'':5} {cc['sidecar_ms']:6.0f}"
-                     f"  {'<= %d' % cc['target_sidecar_ms']:>22}  {verdict(cc['sidecar_ms'] <= cc['target_sidecar_ms'])}")
-        lines.append(f"memory after sync, MB: {'pod':16} {'agent RSS/PSS':>15} {'APISIX RSS/PSS (n)':>22} {'pod RSS/PSS':>15}")
+                     f"  {'<= %d' % cc['target_sidecar_ms']:>22}  "
+                     f"{verdict(cc['sidecar_ms'] <= cc['target_sidecar_ms'])}")
+        lines.append(f"memory after sync, MB: {'pod':16} {'agent RSS/PSS':>15} {'APISIX RSS/PSS (n)':>22} "
+                     f"{'pod RSS/PSS':>15}")
         for pod, row in mem.items():
             ag, ap = row["agent"], row["apisix"]
-            lines.append(f"{'':23}{pod:16} {ag['rss_mb']:7.1f} {ag['pss_mb']:7.1f} {ap['rss_mb']:9.1f} {ap['pss_mb']:7.1f} "
+            lines.append(f"{'':23}{pod:16} {ag['rss_mb']:7.1f} {ag['pss_mb']:7.1f} "
+                         f"{ap['rss_mb']:9.1f} {ap['pss_mb']:7.1f} "
                          f"({ap['processes']}) {row['rss_mb']:7.1f} {row['pss_mb']:7.1f}")
         rss = sum(row["rss_mb"] for row in mem.values())
         pss = sum(row["pss_mb"] for row in mem.values())
@@ -432,6 +457,9 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the mesh is network namespaces and iptables")
+    missing = [tool for tool in ("hey", "wrk") if shutil.which(tool) is None]
+    if missing:
+        raise SystemExit(f"{' and '.join(missing)} not found: apt-get install hey wrk")
     modes = args.modes.split(",") if args.modes else [args.apisix_mode]
     if any(m not in ("file", "api") for m in modes):
         raise SystemExit(f"--modes: file and/or api, not {args.modes}")
