@@ -19,8 +19,9 @@ from controller.kube import Kube, KubeError, WatchEvent
 from controller.metrics import ControllerMetrics
 from controller.reconcile import Actions, ConfigKey, Reconciler
 from controller.selection import pod_from
-from controller.stream import Hub, PluginStreamServicer, start_server
+from controller.stream import RECHECK_SECONDS, Hub, PluginStreamServicer, ServerTls, start_server
 from controller.validation import PluginChecker
+from amesh_common.allowlist import Allowlist
 from amesh_common.http_server import serve
 from amesh_common.backoff import Backoff
 
@@ -31,11 +32,16 @@ log = logging.getLogger(__name__)
 class Settings:
     kube: kube.KubeConfig
     schema_dir: str
-    grpc_address: str = "0.0.0.0:15810"
-    http_host: str = "0.0.0.0"
+    grpc_address: str = "[::]:15810"  # IPv6 and IPv4
+    http_host: str = "::"  # wildcard: dual-stack (amesh_common.http_server)
     metrics_port: int = 18080  # /metrics
     health_port: int = 18081  # /healthz, /readyz (the same port as metrics is fine too)
-    token_audiences: tuple[str, ...] = ()
+    token_audiences: tuple[str, ...] = ("amesh-controller",)  # the audience the injection template projects
+    # The plugin stream's serving certificate; None only with insecure_plaintext (development).
+    tls: ServerTls | None = None
+    insecure_plaintext: bool = False
+    allowed_plugins: Allowlist = Allowlist()
+    token_recheck_seconds: float = RECHECK_SECONDS
     watch_timeout: int = 300
     backoff: Backoff = Backoff(initial=0.5, maximum=30.0)
 
@@ -50,8 +56,11 @@ class Controller:
     metrics: ControllerMetrics = field(default_factory=ControllerMetrics)
 
     def __post_init__(self) -> None:
+        if self.settings.tls is None and not self.settings.insecure_plaintext:
+            raise ValueError("the plugin stream needs a serving certificate (--tls-cert-file/--tls-key-file); "
+                             "plaintext only with --insecure-plaintext")
         self.kube = Kube(self.settings.kube)  # fails early on a bad URL ...
-        self.checker = PluginChecker(self.settings.schema_dir)  # ... or a missing schema dir
+        self.checker = PluginChecker(self.settings.schema_dir, self.settings.allowed_plugins)  # ... or schemas
         self.reconciler = Reconciler()
         self.hub = Hub(self.reconciler.set_of)
         self.raw_status: dict[ConfigKey, Mapping | None] = {}  # each config's status as the API has it
@@ -169,8 +178,10 @@ class Controller:
     # --- run ----------------------------------------------------------------------------------
     async def run(self, started: asyncio.Event | None = None) -> None:
         authenticate = TokenReviewAuthenticator(
-            lambda token: self.kube.token_review(token, self.settings.token_audiences))
-        servicer = PluginStreamServicer(self.hub, authenticate, self.metrics, self.not_ready)
+            lambda token: self.kube.token_review(token, self.settings.token_audiences),
+            audiences=self.settings.token_audiences)
+        servicer = PluginStreamServicer(self.hub, authenticate, self.metrics, self.not_ready,
+                                        self.settings.token_recheck_seconds)
         health = {"/healthz": lambda q: (200, "text/plain", b"ok\n"), "/readyz": self._readyz}
         metrics = {"/metrics": lambda q: (200, "text/plain; version=0.0.4", self._metrics())}
         s = self.settings
@@ -188,7 +199,8 @@ class Controller:
         server = None
         tasks = []
         try:
-            server, self.grpc_port = await start_server(servicer, self.settings.grpc_address)
+            server, self.grpc_port = await start_server(
+                servicer, self.settings.grpc_address, None if self.settings.insecure_plaintext else self.settings.tls)
             tasks = [asyncio.create_task(i.run(), name=f"informer-{n}") for n, i in self.informers.items()]
             tasks.append(asyncio.create_task(self.write_statuses(), name="status-writer"))
             if started is not None:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build the CI-only Debian base image from the machine's Debian mirror (no image registry is reachable):
-# python3, pip, venv, iptables, iproute2 and the machine's extra CA certificates (HTTPS egress is
-# re-signed by a proxy), labelled with a hash of this recipe so docker-ci.sh rebuilds only when it changes.
+# python3, pip, venv, iptables, iproute2, the machine's extra CA certificates (HTTPS egress is
+# re-signed by a proxy) and APISIX's run-time libraries (the list in ../shared/peers/apisix/install.sh:
+# tests/delivery/apisix-base.Dockerfile unpacks the shared APISIX tarball on this base and its builds have
+# no network), labelled with a hash of this recipe so docker-ci.sh rebuilds only when it changes.
 # Usage: scripts/mk-base.sh TAG   (as root; needs docker and mmdebstrap)
 set -euo pipefail
 TAG=${1:-local/debian:bookworm-py}
@@ -9,6 +11,8 @@ SRC=/etc/apt/sources.list.d/debian.sources; [ -f "$SRC" ] || SRC=/etc/apt/source
 RECIPE=$(cat "$0" "$SRC" | sha256sum | cut -c1-16)
 mmdebstrap --variant=minbase --quiet \
   --include=python3,python3-pip,python3-venv,iptables,iproute2,ca-certificates \
+  --include=libstdc++6,libgcc-s1,libcrypt1,libssl3,zlib1g,libpcre2-8-0,libpcre3,libyaml-0-2,libxml2 \
+  --include=libxslt1.1,libxmlsec1,libxmlsec1-openssl,libbrotli1,libbrotli-dev \
   --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
   --aptopt='Acquire::Languages "none"' \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \

@@ -59,6 +59,11 @@ class AgentConfig:
     # the controller's TokenReview: the pod's bound service-account token (API server audience) by default.
     controller_address: str | None = None
     controller_token: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    # Workload identity (sidecar_agent/security): istiod's CA, "host:port"; None = no workload certificate.
+    # The CLI sets it (CA_ADDR, else the discovery host:15012 over TLS); the token is `token`, TLS trusts ca_root_cert.
+    ca_address: str | None = None
+    ca_root_cert: Path | None = None  # None: the system's roots
+    trust_domain: str = "cluster.local"
 
     def problems(self) -> list[str]:
         out = []
@@ -69,6 +74,10 @@ class AgentConfig:
             out.append(f"TLS to istiod needs the mesh CA at {self.root_cert} (XDS_ROOT_CA, or --plaintext)")
         if self.no_apisix and self.apisix_mode is apisix_config.Mode.API and not self.apisix_admin_key:
             out.append("--no-apisix in api mode needs --apisix-admin-key of the APISIX you run")
+        if self.ca_address is not None:
+            host, sep, port = self.ca_address.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                out.append(f"CA_ADDR must be HOST:PORT, got {self.ca_address!r}")
         if self.controller_address is not None:
             host, sep, port = self.controller_address.rpartition(":")
             if not sep or not host or not port.isdigit():
@@ -166,6 +175,14 @@ class Agent:
                                               token_file_reader(str(cfg.controller_token)), self._on_plugins)
             client = self.plugin_client
             self.metrics.plugin_stream_connected.set_function(lambda: float(client.connected))
+        self.certs = None  # the workload certificate, kept current from istiod's CA; readiness waits for it
+        if cfg.ca_address:
+            from sidecar_agent.security import workload
+
+            self.certs = workload.WorkloadCertificates(workload.settings_from(
+                self.env, ca_address=cfg.ca_address, root_cert=cfg.ca_root_cert, token=cfg.token,
+                server_name=cfg.xds_server_name, trust_domain=cfg.trust_domain,
+                out_dir=cfg.apisix_prefix / "conf" / "istio"))
         self.supervisor: Supervisor | None = None
         if not cfg.no_apisix:
             prometheus = self.apisix_settings.prometheus_port
@@ -176,6 +193,8 @@ class Agent:
     def not_ready(self) -> str | None:
         if self.draining:
             return "draining"
+        if self.certs is not None and (reason := self.certs.not_ready()):
+            return reason
         if not self.pusher.ever_complete:
             return "no complete configuration live in APISIX yet"
         if self.supervisor is not None:
@@ -233,15 +252,20 @@ class Agent:
                 if "format=json" in q else (200, "text/plain", clusters_mod.clusters_text(snapshot()).encode())),
             "/apisix/document": lambda q: diag.as_json(
                 self.pusher.live.body if self.pusher.live else None),
-            "/status": lambda q: diag.as_json(diag.status(
+            "/status": lambda q: diag.as_json({**diag.status(
                 snapshot().versions(), self.pusher.live.label if self.pusher.live else None,
                 self.session.last_nack, self.not_ready(),
-                diag.plugins_summary(self._plugins_view(with_shadowed=False)))),
+                diag.plugins_summary(self._plugins_view(with_shadowed=False)), self._denied()),
+                "workload_certificate": self.certs.status() if self.certs is not None else None}),
             "/plugins": lambda q: diag.as_json(self._plugins_view()),
             "/stats/prometheus": stats,
             "/ready": ready,
         }
         return {"/healthz/ready": ready}, {"/stats/prometheus": stats, "/healthz/ready": ready}, admin
+
+    def _denied(self) -> tuple:
+        """The current translation's fail-closed entries (docs/translation.md, "Fail closed")."""
+        return getattr(self.pipeline, "denied", ())  # refreshed with the unsupported-fields metric
 
     def _new_translator(self):
         from sidecar_agent.translate import Translator
@@ -263,8 +287,22 @@ class Agent:
         self.data_path = data_path or self.data_path or self.data_path_base
         path = self.config.apisix_prefix / "conf" / "config.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(apisix_config.render_yaml(self.apisix_settings, self.data_path))
-        path.chmod(0o600)  # it holds the admin key
+        text = apisix_config.render_yaml(self.apisix_settings, self.data_path)
+        # It holds the admin key: 0600 from the start (mkstemp creates it so, whatever the umask), written
+        # beside it and renamed over it, so it is never readable by others nor half-written.
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(prefix=".config.yaml.", dir=path.parent)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -280,6 +318,8 @@ class Agent:
                  asyncio.create_task(self.pusher.run(), name="pusher")]
         if self.plugin_client is not None:  # readiness never waits for it: a pod starts with the controller down
             tasks.append(asyncio.create_task(self.plugin_client.run(), name="plugins"))
+        if self.certs is not None:
+            tasks.append(asyncio.create_task(self.certs.run(), name="workload-certificate"))
         if self.supervisor is not None:
             self._write_apisix_config()
             tasks.append(asyncio.create_task(self.supervisor.run(), name="apisix"))

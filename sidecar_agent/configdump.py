@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import json
 import pkgutil
+from collections import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -65,8 +66,10 @@ class XdsResources:
     notes: tuple[ParseNote, ...] = ()
 
 
-def load_config_dump(source: str | Path | Mapping | list) -> XdsResources:
-    """Read `source` (a path to a file or directory, or already-parsed data) into xds-protos messages."""
+def load_config_dump(source: str | Path | Mapping | list, *, contents: Any = None) -> XdsResources:
+    """Read `source` (a path to a file or directory, or already-parsed data) into xds-protos messages.
+    `contents`: the file `source` names, already read with `read_file` (a caller that needed it first
+    does not make it read twice)."""
     collector = _Collector()
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -77,7 +80,7 @@ def load_config_dump(source: str | Path | Mapping | list) -> XdsResources:
             for file in files:
                 collector.collect(_read(file), _hint_from_name(file.name), str(file))
         elif path.is_file():
-            collector.collect(_read(path), _hint_from_name(path.name), str(path))
+            collector.collect(_read(path) if contents is None else contents, _hint_from_name(path.name), str(path))
         else:
             raise ConfigDumpError(f"{path}: no such file or directory")
     elif isinstance(source, (Mapping, list)):
@@ -88,6 +91,11 @@ def load_config_dump(source: str | Path | Mapping | list) -> XdsResources:
 
 
 # --- reading -------------------------------------------------------------------------------------
+
+
+def read_file(path: Path) -> Any:
+    """One input file's data (JSON, else YAML); ConfigDumpError when it is neither."""
+    return _read(path)
 
 
 def _read(path: Path) -> Any:
@@ -244,7 +252,7 @@ def _parse(kind: str, data: Mapping, where: str, notes: list[ParseNote]) -> Any:
     _import_typed_structs()
     name = str(_get(data, "cluster_name" if kind == ENDPOINTS else "name", "?"))
     opaque: list[str] = []
-    body = _wrap_unknown_any({k: v for k, v in data.items() if k != "@type"}, opaque)
+    body = _wrap_unknown_any({k: v for k, v in data.items() if k != "@type"} if "@type" in data else data, opaque)
     for url in opaque:
         notes.append(ParseNote(kind, name, "typed_config", f"{url} unknown to xds-protos, kept opaque"))
     message = _message_class(kind)()
@@ -263,16 +271,32 @@ def _parse(kind: str, data: Mapping, where: str, notes: list[ParseNote]) -> Any:
 
 
 def _wrap_unknown_any(value: Any, opaque: list[str]) -> Any:
-    """Replace `Any` values whose type xds-protos lacks by a TypedStruct carrying the same JSON."""
+    """Replace `Any` values whose type xds-protos lacks by a TypedStruct carrying the same JSON.
+
+    Copy on write: a list or object holding no such value is returned as it is (most of a dump), so
+    the walk allocates nothing for it; copying everything was a quarter of loading a config dump
+    (benchmarks/translate.py, "config dump" rows)."""
     if isinstance(value, list):
-        return [_wrap_unknown_any(v, opaque) for v in value]
-    if not isinstance(value, Mapping):
+        for at, item in enumerate(value):
+            wrapped = _wrap_unknown_any(item, opaque)
+            if wrapped is not item:
+                return value[:at] + [wrapped] + [_wrap_unknown_any(v, opaque) for v in value[at + 1:]]
+        return value
+    if isinstance(value, _SCALARS) or not isinstance(value, abc.Mapping):
         return value
     url = value.get("@type")
     if isinstance(url, str) and not _known_type(url):
         opaque.append(url)
         return {"@type": _TYPED_STRUCT, "type_url": url, "value": {k: v for k, v in value.items() if k != "@type"}}
-    return {k: _wrap_unknown_any(v, opaque) for k, v in value.items()}
+    changed = {}
+    for key, item in value.items():
+        wrapped = _wrap_unknown_any(item, opaque)
+        if wrapped is not item:
+            changed[key] = wrapped
+    return {**value, **changed} if changed else value
+
+
+_SCALARS = (str, int, float, type(None))  # what JSON and YAML leaves are (bool is an int)
 
 
 def _import_typed_structs() -> None:

@@ -34,7 +34,8 @@ MOUNTED_ROOT_CERT = "/etc/certs/root-cert.pem"  # pilot-agent's "old style" moun
 K8S_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 THIRD_PARTY_TOKEN = "/var/run/secrets/tokens/istio-token"
 FIRST_PARTY_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-SYSTEM = "SYSTEM"  # XDS_ROOT_CA=SYSTEM: verify istiod with the system's roots
+SYSTEM = "SYSTEM"
+CA_PORT = 15012  # istiod's secure gRPC port: CreateCertificate and ADS  # XDS_ROOT_CA=SYSTEM: verify istiod with the system's roots
 
 
 def _schema_dir(value: Path | None) -> Path | None:
@@ -108,6 +109,14 @@ _option = functools.partial(click.option, show_envvar=True)  # --help names each
               help="The pod's token, sent to istiod as a bearer token (re-read on every connection).")
 @_option("--xds-server-name", envvar="ISTIOD_SAN", default=None,
               help="Name istiod's certificate must carry (default: the discovery host).")
+@_option("--ca-address", envvar="CA_ADDR", default="",
+              show_default="the discovery host:15012 with --tls; none with --plaintext",
+              help="istiod's CA for the workload certificate, HOST:PORT (CreateCertificate over TLS with the "
+                   "token); 'none' turns workload certificates off.")
+@_option("--ca-root-cert", envvar="CA_ROOT_CA", default="", show_default="--xds-root-cert",
+              help="CA that verifies the CA address; SYSTEM for the system's roots.")
+@_option("--trust-domain", envvar="TRUST_DOMAIN", default="cluster.local", show_default=True,
+              help="SPIFFE trust domain of the identity the CSR asks for.")
 @_option("--apisix-mode", envvar="AMESH_APISIX_MODE", type=click.Choice(["api", "file"]),
               default="file", show_default=True,
               help="file: conf/apisix.yaml, polled by APISIX once a second; api: PUT /apisix/admin/configs "
@@ -183,6 +192,7 @@ def config_of(options: Mapping[str, object]):
     from sidecar_agent.app import AgentConfig
 
     root = str(options["xds_root_cert"])
+    ca_root = str(options.get("ca_root_cert") or "") or root
     return AgentConfig(
         discovery_address=options["discovery_address"],
         plaintext=bool(options["plaintext"]),
@@ -204,4 +214,22 @@ def config_of(options: Mapping[str, object]):
         schema_dir=_schema_dir(options["apisix_schema_dir"]),
         controller_address=str(options["controller_address"] or "").strip() or None,
         controller_token=Path(options["controller_token"]),
+        ca_address=ca_address(str(options.get("ca_address") or ""), str(options["discovery_address"]),
+                              bool(options["plaintext"])),
+        ca_root_cert=None if ca_root == SYSTEM else Path(ca_root),
+        trust_domain=str(options.get("trust_domain") or "cluster.local"),
     )
+
+
+def ca_address(given: str, discovery_address: str, plaintext: bool) -> str | None:
+    """Where the workload certificate comes from (None: nowhere). CA_ADDR as given; else istiod's secure port
+    on the discovery host when xDS uses TLS (pilot-agent's default, the discovery address, is that port).
+    With --plaintext, istiod's plaintext port serves no CA (UNIMPLEMENTED), so none unless CA_ADDR is set."""
+    value = given.strip()
+    if value.lower() in ("none", "off"):
+        return None
+    if value:
+        return value
+    if plaintext:
+        return None
+    return f"{discovery_address.rpartition(':')[0]}:{CA_PORT}"

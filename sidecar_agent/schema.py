@@ -5,9 +5,9 @@ are looked at), every plugin checked with its own `plugins/<name>.json` (an unkn
 On top of the schemas, the document-level rules APISIX's standalone mode enforces or that the agent
 guarantees: ids unique per type, every `upstream_id` (route or traffic-split) names an upstream.
 
-The sidecar's own plugin (`amesh-passthrough`, shipped in sidecar_agent/lua/apisix/plugins/ and
-enabled by the generated config.yaml) is not in APISIX's set: exactly that plugin is checked with the
-schema shipped beside it (the one its Lua `check_schema` uses); any other unknown plugin stays an error.
+The sidecar's own plugins (`amesh-passthrough`, `amesh-rbac`, shipped in sidecar_agent/lua/apisix/plugins/
+and enabled by the generated config.yaml) are not in APISIX's set: exactly those plugins are checked with
+the schema shipped beside each (the one its Lua `check_schema` uses); any other unknown plugin stays an error.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
-from sidecar_agent.apisix.datapath import PASSTHROUGH_PLUGIN
+from sidecar_agent.apisix.datapath import PASSTHROUGH_PLUGIN, RBAC_PLUGIN
 
 # The sidecar's own plugins -> their schema, beside the Lua module.
-OWN_PLUGINS = {PASSTHROUGH_PLUGIN: Path(__file__).resolve().parent / "lua" / "apisix" / "plugins"
-               / f"{PASSTHROUGH_PLUGIN}.schema.json"}
+OWN_PLUGINS = {name: Path(__file__).resolve().parent / "lua" / "apisix" / "plugins" / f"{name}.schema.json"
+               for name in (PASSTHROUGH_PLUGIN, RBAC_PLUGIN)}
 # Document key -> core schema name.
 KINDS = {"routes": "route", "upstreams": "upstream", "services": "service", "stream_routes": "stream_route",
          "ssls": "ssl", "global_rules": "global_rule", "plugin_configs": "plugin_config", "consumers": "consumer"}

@@ -399,6 +399,11 @@ class AdminRecorder:
         self.url = f"http://127.0.0.1:{self.forwarder.port}"
 
     @property
+    def metrics_url(self) -> str:
+        port = self.apisix.conf["plugin_attr"]["prometheus"]["export_addr"]["port"]
+        return f"http://127.0.0.1:{self.apisix.forward(port)}/apisix/prometheus/metrics"
+
+    @property
     def answers(self) -> list[int]:
         self.forwarder.idle()
         return self._answers

@@ -70,7 +70,8 @@ def config_dump(snapshot: Snapshot, node: base_pb2.Node, include_eds: bool = Fal
 
 
 def status(versions: Mapping[str, str], live_label: str | None, last_nack: Any, ready: str | None,
-           plugins: Mapping[str, Any] | None = None) -> dict:
+           plugins: Mapping[str, Any] | None = None, denied: Any = ()) -> dict:
+    """`denied`: the translation report's entries with effect "denied" (fail closed: traffic refused)."""
     return {
         "xds_versions": dict(versions),
         "apisix_document": live_label,
@@ -81,6 +82,7 @@ def status(versions: Mapping[str, str], live_label: str | None, last_nack: Any, 
             "nonce": last_nack.nonce, "error": last_nack.error,
         },
         "plugins": plugins,
+        "denied": [{"kind": e.kind, "resource": e.resource, "field": e.field, "count": e.count} for e in denied],
     }
 
 

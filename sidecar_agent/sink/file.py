@@ -4,6 +4,9 @@ APISIX polls the file's change time once a second, in whole seconds, and ignores
 line is not `#END` (apisix-facts.md). So: write a temp file beside it, fsync, rename over it (APISIX
 never reads half a file), and never let two writes land in the same second — the second one would
 be lost — by waiting for the next second and setting an mtime strictly newer than the last.
+
+The file is mode 0600 from its creation (a temp file mkstemp makes 0600, renamed over the old one): it is
+never readable by other users, not even for a moment.
 """
 
 from __future__ import annotations
@@ -66,7 +69,9 @@ class FileSink:
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
         try:
-            os.fchmod(fd, 0o644)  # APISIX's workers run as another user than the agent may
+            # mkstemp creates the file 0600 whatever the umask, and it stays so: the document can hold secrets
+            # (upstream TLS keys, plugin credentials). APISIX's workers run as the agent's UID (1337).
+            os.fchmod(fd, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 out.write(text)
                 out.flush()

@@ -14,6 +14,12 @@ goes to the pod address and port P from 127.0.0.6 / ::6 (`upstream_bind_config`;
 binds it per internal listener); a STATIC cluster (Istio ≤ 1.9) to its endpoints (127.0.0.1:P). With
 no CDS entry the modern behaviour is assumed. Transport-protocol / ALPN matches (mTLS vs plaintext
 twins of a chain) collapse into one: the chain without TLS is used; mTLS termination is reported.
+
+Security (rbac.py, docs/translation.md "Fail closed"): a chain's RBAC filters become the `amesh-rbac`
+plugin, network ones on its stream routes, HTTP ones on its HTTP routes (the 404 catch-all included);
+the inbound passthrough takes the network RBAC of the plaintext catch-all chains. A port (or the
+catch-all) left with only TLS-terminating chains (PeerAuthentication STRICT) is denied, as is a chain
+with an unknown filter before its proxy: reported with effect "denied", never served as plaintext.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Mapping, Sequence
 
 from sidecar_agent.apisix import datapath
 from sidecar_agent.translate import ids
+from sidecar_agent.translate import rbac
 from sidecar_agent.translate import upstream as upstream_mod
 from sidecar_agent.translate.errors import TranslationError
 from sidecar_agent.translate.report import Coverage, Unsupported
@@ -48,7 +55,7 @@ class InboundPart:
 
 
 def http_ports(listener) -> tuple[int, ...]:
-    return tuple(sorted(port for port, (kind, _) in _port_chains(listener, None).items() if kind == "http"))
+    return tuple(sorted(port for port, (kind, _, _) in _port_chains(listener, None).items() if kind == "http"))
 
 
 def translate_inbound(listener, pod_ips: Sequence[str], internal: Mapping[int, int],
@@ -63,7 +70,8 @@ def translate_inbound(listener, pod_ips: Sequence[str], internal: Mapping[int, i
     stream_routes: list[dict] = []
     upstreams: dict[str, dict] = {}
     target = _app_address(pod_ips)
-    for port, (kind, payload) in sorted(_port_chains(listener, cov).items()):
+    for port, (kind, payload, security) in sorted(_port_chains(listener, cov).items()):
+        network, http = security
         if kind == "http":
             if port not in internal:
                 raise TranslationError(f"virtualInbound: HTTP port {port} has no internal listener "
@@ -71,27 +79,87 @@ def translate_inbound(listener, pod_ips: Sequence[str], internal: Mapping[int, i
             hop = _upstream(f"amesh-http-inbound|{port}", [("127.0.0.1", internal[port])],
                             {"amesh.internal": "http-inbound"})
             upstreams[hop["id"]] = hop
-            stream_routes += _stream_routes(f"inbound|{port}|http", pod_ips, port, hop["id"])
-            routes += _http_routes(payload, port, target, clusters, upstreams, cov)
+            stream_routes += _guarded(_stream_routes(f"inbound|{port}|http", pod_ips, port, hop["id"]), network)
+            routes += _guarded(_http_routes(payload, port, target, clusters, upstreams, cov), http)
         else:
             app = _app_upstream(payload, port, target, clusters, scheme="tcp")
             upstreams[app["id"]] = app
-            stream_routes += _stream_routes(f"inbound|{port}|tcp", pod_ips, port, app["id"])
+            stream_routes += _guarded(_stream_routes(f"inbound|{port}|tcp", pod_ips, port, app["id"]), network)
     # undeclared ports: to the original port on the pod (passthrough plugin sets the node)
     passthrough = _upstream("amesh-passthrough|inbound", [], dict(PASSTHROUGH_LABEL, **{"amesh.bind": target[1]}))
     upstreams[passthrough["id"]] = passthrough
-    for route in _stream_routes("inbound|passthrough", pod_ips, None, passthrough["id"]):
-        route["plugins"] = {datapath.PASSTHROUGH_PLUGIN: {}}
+    catch_all = _catch_all_security(listener, cov)
+    for route in _guarded(_stream_routes("inbound|passthrough", pod_ips, None, passthrough["id"]), catch_all):
+        route.setdefault("plugins", {})[datapath.PASSTHROUGH_PLUGIN] = {}
         stream_routes.append(route)
     return InboundPart(tuple(sorted(routes, key=lambda r: r["id"])),
                        tuple(sorted(stream_routes, key=lambda r: r["id"])),
                        tuple(upstreams[k] for k in sorted(upstreams)), http_ports(listener), cov.entries())
 
 
-def _port_chains(listener, cov: Coverage | None) -> dict[int, tuple[str, object]]:
-    """destination port -> ("http", (RouteConfiguration, Manager)) | ("tcp", cluster); plaintext twin
-    preferred."""
-    found: dict[int, tuple[str, object, bool]] = {}
+def _guarded(routes: list[dict], security: "rbac.Security") -> list[dict]:
+    """`routes` with the `amesh-rbac` plugin the chain's security asks for (none: unchanged)."""
+    conf = security.plugin()
+    if conf is not None:
+        for route in routes:
+            route.setdefault("plugins", {})[rbac.PLUGIN] = copy.deepcopy(conf)
+    return routes
+
+
+def _catch_all_security(listener, cov: Coverage) -> "rbac.Security":
+    """What the inbound passthrough (ports without a chain of their own) must enforce: the network RBAC
+    of the plaintext catch-all chains (Istio's TCP version of the policies, at least as strict as the
+    HTTP one); denied when only TLS-terminating catch-all chains are left (STRICT), or when the HTTP
+    catch-all enforces RBAC that no TCP chain carries. Only denials are reported (the chains' other
+    filters are the ports' chains' too)."""
+    scratch = Coverage(cov.kind, cov.resource)
+    parts: list[rbac.Security] = []
+    seen = http_rbac = tls_only = False
+    for chain in filter_chains(listener, default=False):
+        if chain.filter_chain_match.HasField("destination_port"):
+            continue  # a port's own chain, or the blackhole chain of the capture port itself
+        seen = True
+        if rbac.mtls_only(chain):
+            tls_only = True
+            continue
+        parts.append(rbac.network_security(chain, scratch, http=False))
+        for network_filter in network_filters(chain):
+            if network_filter.kind == HTTP:
+                # only whether it enforces anything matters: its matchers are the ports' chains' too
+                http_part = rbac.http_security(network_filter.config, Coverage(cov.kind, cov.resource),
+                                               MANAGER_PATH)
+                http_rbac = http_rbac or bool(http_part.deny) or any(
+                    f["action"] != "LOG" for f in http_part.filters)
+            if network_filter.kind in (HTTP, TCP):
+                break
+    out = rbac.Security()
+    unique: list[dict] = []
+    for part in parts:
+        for entry in part.filters:
+            if entry not in unique:
+                unique.append(entry)
+        if part.deny:
+            out.refuse(part.deny)
+    out.filters = unique
+    for entry in scratch.entries():
+        if entry.effect == "denied":
+            cov.deny(f"inbound_passthrough.{entry.field}", entry.count)
+    if seen and not parts and tls_only:
+        cov.deny("filter_chains[catch-all].transport_socket[mTLS only (PeerAuthentication STRICT): "
+                 "inbound mTLS not implemented: denied]")
+        out.refuse("mTLS required: inbound mTLS not implemented")
+    elif http_rbac and not unique:
+        cov.deny("filter_chains[catch-all].http_filters.rbac[HTTP RBAC on passthrough ports without "
+                 "a network RBAC: denied]")
+        out.refuse("HTTP RBAC on the catch-all chain cannot be evaluated on passthrough ports")
+    return out
+
+
+def _port_chains(listener, cov: Coverage | None) -> dict[int, tuple[str, object, tuple]]:
+    """destination port -> ("http", (RouteConfiguration, Manager), (network, http Security)) |
+    ("tcp", cluster, (network, http Security)); plaintext twin preferred. A port with only TLS chains
+    (mTLS required) gets a network Security that denies."""
+    found: dict[int, tuple[str, object, tuple, bool]] = {}
     for chain in filter_chains(listener, default=False):  # the default chain is not a port's
         match = chain.filter_chain_match
         port = match.destination_port.value if match.HasField("destination_port") else None
@@ -101,28 +169,39 @@ def _port_chains(listener, cov: Coverage | None) -> dict[int, tuple[str, object]
         entry = _chain_payload(chain, f"{listener.name}:{port}", cov)
         if entry is None:
             continue
-        if port not in found or (found[port][2] and not tls):
+        if port not in found or (found[port][3] and not tls):
             found[port] = (*entry, tls)
         if tls and cov is not None:
             cov.add("filter_chains.transport_socket[mTLS termination not translated yet]")
-    return {port: (kind, payload) for port, (kind, payload, _) in found.items()}
+    out = {}
+    for port, (kind, payload, security, tls) in found.items():
+        if tls:  # no plaintext twin: the port requires mTLS (PeerAuthentication STRICT)
+            if cov is not None:
+                cov.deny(f"filter_chains[{port}].transport_socket[mTLS only (PeerAuthentication STRICT): "
+                         "inbound mTLS not implemented: denied]")
+            denied = rbac.Security()
+            denied.refuse(f"port {port} requires mTLS: inbound mTLS not implemented")
+            security = (denied, security[1])
+        out[port] = (kind, payload, security)
+    return out
 
 
 def _chain_payload(chain, where: str, cov: Coverage | None):
-    """("http", (RouteConfiguration, Manager)) or ("tcp", cluster) of the chain's first HCM / tcp_proxy."""
+    """("http", (RouteConfiguration, Manager), security) or ("tcp", cluster, security) of the chain's
+    first HCM / tcp_proxy; security: (network, http) rbac.Security of the filters before them."""
+    cov = cov if cov is not None else Coverage("listener", where)
+    network = rbac.network_security(chain, cov, http=False)  # reports the filters before the proxy
     for network_filter in network_filters(chain):
         if network_filter.kind == HTTP:
             hcm = network_filter.config
-            manager = read_manager(hcm, cov if cov is not None else Coverage("listener", where))
+            manager = read_manager(hcm, cov, inbound=True)
+            http = rbac.http_security(hcm, cov, MANAGER_PATH)
             if not hcm.HasField("route_config"):
-                if cov is not None:
-                    cov.add(f"{MANAGER_PATH}[rds on inbound]")
+                cov.add(f"{MANAGER_PATH}[rds on inbound]")
                 return None
-            return "http", (hcm.route_config, manager)
+            return "http", (hcm.route_config, manager), (network, http)
         if network_filter.kind == TCP:
-            return "tcp", (tcp_clusters(network_filter.config) or ("",))[0]
-        if cov is not None:
-            cov.add(f"filter_chains.filters[{network_filter.name}]")
+            return "tcp", (tcp_clusters(network_filter.config) or ("",))[0], (network, rbac.Security())
     return None
 
 

@@ -44,11 +44,16 @@ class Manager:
     websocket: bool = False
 
 
-def read_manager(hcm, cov: Coverage, path: str = MANAGER_PATH) -> Manager:
-    """The settings of `hcm` its routes inherit; everything else set on it is reported into `cov`."""
+def read_manager(hcm, cov: Coverage, path: str = MANAGER_PATH, *, inbound: bool = False) -> Manager:
+    """The settings of `hcm` its routes inherit; everything else set on it is reported into `cov`.
+    `inbound`: the filters before the router are rbac.http_security's (RBAC enforced, unknown ones fail
+    closed); only those after the router are reported here."""
     cov.unhandled(hcm, _MANAGER_HANDLED, path)
+    after_router = not inbound
     for http_filter in hcm.http_filters:
-        if http_filter.name not in CARRIED_HTTP_FILTERS:
+        if http_filter.name == "envoy.filters.http.router":
+            after_router = True
+        if after_router and http_filter.name not in CARRIED_HTTP_FILTERS:
             cov.add(f"{path}.http_filters[{http_filter.name}]")
     websocket = False
     for upgrade in hcm.upgrade_configs:

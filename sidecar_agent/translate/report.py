@@ -20,8 +20,10 @@ _ORDER = attrgetter("kind", "resource", "field", "count")  # Unsupported's order
 
 
 # What an unsupported field does to traffic: "ignored" (APISIX forwards without it) or "denied" (the
-# request is refused instead). Everything reported today is ignored: what APISIX cannot express in a
-# match drops that route, and the request falls to the next one, as if the route were absent.
+# request is refused instead). Most fields are ignored: what APISIX cannot express in a match drops that
+# route, and the request falls to the next one, as if the route were absent. Security-relevant fields the
+# translation cannot honour (RBAC matchers, mTLS-only inbound chains, unknown filters before the router
+# on an inbound chain) fail closed: `Coverage.deny`, effect "denied" (docs/translation.md, "Fail closed").
 EFFECTS = ("denied", "ignored")
 
 
@@ -31,10 +33,7 @@ class Unsupported:
     resource: str
     field: str
     count: int
-
-    @property
-    def effect(self) -> str:
-        return "ignored"
+    effect: str = "ignored"
 
 
 class Coverage:
@@ -44,6 +43,12 @@ class Coverage:
         self.kind = kind
         self.resource = resource
         self._counts: Counter[str] = Counter()
+        self._denied: set[str] = set()
+
+    def deny(self, field: str, count: int = 1) -> None:
+        """Report `field` with effect "denied": the traffic it could have affected is refused."""
+        self._counts[field] += count
+        self._denied.add(field)
 
     def add(self, field: str, count: int = 1) -> None:
         self._counts[field] += count
@@ -92,14 +97,17 @@ class Coverage:
             self._counts[field] += n
 
     def entries(self) -> tuple[Unsupported, ...]:
-        kind, resource = self.kind, self.resource
-        return tuple(Unsupported(kind, resource, f, n) for f, n in sorted(self._counts.items()))
+        kind, resource, denied = self.kind, self.resource, self._denied
+        return tuple(Unsupported(kind, resource, f, n, "denied" if f in denied else "ignored")
+                     for f, n in sorted(self._counts.items()))
 
     def compact(self) -> "Counts | tuple[()]":
         """`entries()` in the form a long-lived cache keeps: the (field, count) pairs, a tuple shared by
         every resource reporting the same ones (most clusters and endpoint sets of a mesh do)."""
         if not self._counts:
             return ()
+        if self._denied:
+            return self.entries()  # type: ignore[return-value]  # rare: keeps each entry's effect
         return Counts(self.kind, self.resource, _shared(tuple(sorted(self._counts.items()))))
 
 
@@ -188,16 +196,24 @@ class Report:
             totals[(e.kind, e.field, e.effect)] += e.count
         return dict(sorted(totals.items()))
 
+    def denied(self) -> tuple[Unsupported, ...]:
+        """The entries that fail closed (effect "denied"): shown on the admin /status."""
+        return tuple(e for e in self.entries if e.effect == "denied")
+
     def to_dict(self) -> dict:
         return {"unsupported": [
-            {"kind": e.kind, "resource": e.resource, "field": e.field, "count": e.count} for e in self.entries]}
+            {"kind": e.kind, "resource": e.resource, "field": e.field, "count": e.count,
+             **({"effect": e.effect} if e.effect != "ignored" else {})} for e in self.entries]}
 
     def to_text(self) -> str:
         if not self.entries:
             return "everything in the input was translated\n"
         resources = len({(e.kind, e.resource) for e in self.entries})
+        denied = len(self.denied())
         lines = [f"Not translated to APISIX: {len(self.entries)} fields of {resources} resources "
-                 "(effect: ignored; docs/translation.md, \"Coverage report\")",
+                 f"(effect: ignored{f'; {denied} DENIED, fail closed' if denied else ''}; "
+                 "docs/translation.md, \"Coverage report\")",
                  f"{'count':>5}  {'kind':<12} {'resource':<48} field"]
-        lines += [f"{e.count:>5}  {e.kind:<12} {e.resource:<48} {e.field}" for e in self.entries]
+        lines += [f"{e.count:>5}  {e.kind:<12} {e.resource:<48} {e.field}"
+                  + (" [DENIED]" if e.effect == "denied" else "") for e in self.entries]
         return "\n".join(lines) + "\n"

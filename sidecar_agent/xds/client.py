@@ -107,6 +107,18 @@ class _StreamEnded(Exception):
     pass
 
 
+def refusal(exc: BaseException) -> str | None:
+    """An identity refusal by istiod, named for the operator (None for other errors; every error is retried)."""
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return None
+    if exc.code() is grpc.StatusCode.PERMISSION_DENIED:
+        return ("PERMISSION_DENIED: the token's identity does not match the node (POD_NAMESPACE, SERVICE_ACCOUNT "
+                "metadata); istiod checks it when PILOT_ENABLE_XDS_IDENTITY_CHECK is on")
+    if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
+        return "UNAUTHENTICATED: istiod did not accept the token (--xds-token) nor a client certificate"
+    return None
+
+
 Decide = Callable[[Pending], Awaitable[str | None]]
 Accepted = Callable[[Snapshot], Awaitable[None]]
 
@@ -148,7 +160,12 @@ class AdsClient:
                             await call.write(request)
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, _StreamEnded, OSError) as exc:
                 reason = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
-                log.warning("ADS stream to %s lost: %s", self.transport.address, reason)
+                refused = refusal(exc)
+                if refused:
+                    reason = f"{refused}: {reason}"
+                    log.error("istiod %s refused this sidecar's ADS stream: %s", self.transport.address, reason)
+                else:
+                    log.warning("ADS stream to %s lost: %s", self.transport.address, reason)
                 self.observer.disconnected(reason or type(exc).__name__)
             delay = self.backoff.delay(attempt, self.rng.random())
             attempt += 1

@@ -15,15 +15,16 @@ import pytest
 from controller import kube
 from controller.app import Controller, Settings
 from controller.kube import KubeConfig
+from controller.stream import ServerTls
 from sidecar_agent.app import Agent
 from amesh_testing import istiogen
 from amesh_common.backoff import Backoff
 from amesh_testing.ads_server import AdsServer
 from tests.agent import mesh
-from tests.agent.fake_apisix import FakeApisix
 from tests.agent.harness import xds_of
-from tests.agent.test_app import ENV, KEY, aget, config
+from tests.agent.test_app import ENV, aget, config
 from tests.agent.waiting import eventually
+from tests.controller import pki
 from tests.controller.conftest import SCHEMA_DIR
 from tests.controller.fake_api import FakeApi, event, service_account_review
 from tests.controller.objects import ampc, pod, rewrite
@@ -50,6 +51,21 @@ def mesh_xds(scenario: str) -> dict[str, list]:
     return x
 
 
+PKI: pki.Files | None = None  # the controller's serving certificate and the CA the agents are given
+
+
+@pytest.fixture(autouse=True)
+def controller_tls(tmp_path_factory, monkeypatch):
+    """TLS on the plugin stream as deployed: the controller serves a certificate of its CA, and the agent
+    verifies it with the CA file the injection template names in AMESH_CONTROLLER_CA."""
+    global PKI
+    if PKI is None:
+        PKI = pki.standard(tmp_path_factory.mktemp("controller-pki"))
+    monkeypatch.setenv("AMESH_CONTROLLER_CA", str(PKI.ca))
+    for name in ("AMESH_CONTROLLER_INSECURE_PLAINTEXT", "AMESH_CONTROLLER_SERVER_NAME", "AMESH_ALLOWED_PLUGINS"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def fake_kubernetes(*configs: dict) -> FakeApi:
     api = FakeApi()
     api.reviews[TOKEN] = service_account_review(NAMESPACE, POD_NAME)
@@ -68,7 +84,7 @@ def free_port() -> int:
 async def running_controller(api: FakeApi, port: int = 0):
     controller = Controller(Settings(kube=KubeConfig(api.url), schema_dir=str(SCHEMA_DIR),
                                      grpc_address=f"127.0.0.1:{port}", http_host="127.0.0.1", metrics_port=0,
-                                     health_port=0, backoff=FAST))
+                                     health_port=0, backoff=FAST, tls=ServerTls(PKI.cert, PKI.key)))
     started = asyncio.Event()
     task = asyncio.create_task(controller.run(started))
     await asyncio.wait_for(started.wait(), 10)
@@ -80,21 +96,23 @@ async def running_controller(api: FakeApi, port: int = 0):
 
 
 @contextlib.asynccontextmanager
-async def running_agent(tmp_path, **over):
-    """A real ADS server, the APISIX stand-in and the agent running against both; yields all three and
-    stops them in order."""
+async def running_agent(tmp_path, apisix, **over):
+    """A real ADS server and the agent running against it and `apisix` (the Admin API stand-in or a real
+    APISIX: `apisix_admin`); yields all three and stops them in order."""
     ads = AdsServer()
     ads_port = await ads.start()
     stop = asyncio.Event()
+    over.setdefault("apisix_admin_key", apisix.api_key)
+    if getattr(apisix, "metrics_url", None):
+        over.setdefault("apisix_metrics_url", apisix.metrics_url)
     try:
-        with FakeApisix(KEY) as apisix:
-            agent = Agent(config(ads_port, apisix, tmp_path, **over), ENV)
-            if agent.plugin_client is not None:
-                agent.plugin_client.backoff = FAST
-            task = asyncio.create_task(agent.run(stop))
-            yield ads, apisix, agent
-            stop.set()
-            await asyncio.wait_for(task, 10)
+        agent = Agent(config(ads_port, apisix, tmp_path, **over), ENV)
+        if agent.plugin_client is not None:
+            agent.plugin_client.backoff = FAST
+        task = asyncio.create_task(agent.run(stop))
+        yield ads, apisix, agent
+        stop.set()
+        await asyncio.wait_for(task, 10)
     finally:
         await ads.stop()
 
@@ -132,7 +150,7 @@ def metric(agent: Agent, name: str, labels: dict | None = None) -> float:
     return agent.metrics.registry.get_sample_value(name, labels or {}) or 0.0
 
 
-def test_plugin_sets_flow_from_the_controller_into_the_pushed_document(tmp_path):
+def test_plugin_sets_flow_from_the_controller_into_the_pushed_document(tmp_path, apisix_admin):
     needs_schemas()
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
@@ -141,7 +159,7 @@ def test_plugin_sets_flow_from_the_controller_into_the_pushed_document(tmp_path)
     port = free_port()
 
     async def main():
-        async with running_agent(tmp_path, schema_dir=SCHEMA_DIR, controller_address=f"127.0.0.1:{port}",
+        async with running_agent(tmp_path, apisix_admin, schema_dir=SCHEMA_DIR, controller_address=f"127.0.0.1:{port}",
                                  controller_token=token) as (ads, apisix, agent):
             async with running_controller(api, port):
                 ads.set_snapshot("1", mesh_xds("ratings-abort-jason"))
@@ -213,7 +231,7 @@ def test_plugin_sets_flow_from_the_controller_into_the_pushed_document(tmp_path)
     run_against(api, main)
 
 
-def test_the_pod_gets_ready_without_the_controller_and_takes_the_set_once_it_is_up(tmp_path):
+def test_the_pod_gets_ready_without_the_controller_and_takes_the_set_once_it_is_up(tmp_path, apisix_admin):
     needs_schemas()
     token = tmp_path / "token"
     token.write_text(TOKEN)
@@ -221,7 +239,7 @@ def test_the_pod_gets_ready_without_the_controller_and_takes_the_set_once_it_is_
     port = free_port()
 
     async def main():
-        async with running_agent(tmp_path, controller_address=f"127.0.0.1:{port}",
+        async with running_agent(tmp_path, apisix_admin, controller_address=f"127.0.0.1:{port}",
                                  controller_token=token) as (ads, apisix, agent):
             ads.set_snapshot("1", mesh_xds("all-v1"))
             await agent.pusher.wait_live("cds=1,eds=1,lds=1,rds=1", timeout=10)
@@ -242,7 +260,7 @@ def test_the_pod_gets_ready_without_the_controller_and_takes_the_set_once_it_is_
     run_against(api, main)
 
 
-def test_a_token_the_controller_refuses_leaves_the_document_alone(tmp_path):
+def test_a_token_the_controller_refuses_leaves_the_document_alone(tmp_path, apisix_admin):
     needs_schemas()
     token = tmp_path / "token"
     token.write_text("a-token-of-another-pod")
@@ -252,7 +270,7 @@ def test_a_token_the_controller_refuses_leaves_the_document_alone(tmp_path):
     port = free_port()
 
     async def main():
-        async with running_agent(tmp_path, controller_address=f"127.0.0.1:{port}",
+        async with running_agent(tmp_path, apisix_admin, controller_address=f"127.0.0.1:{port}",
                                  controller_token=token) as (ads, apisix, agent):
             async with running_controller(api, port):
                 ads.set_snapshot("1", mesh_xds("all-v1"))
@@ -266,9 +284,9 @@ def test_a_token_the_controller_refuses_leaves_the_document_alone(tmp_path):
     run_against(api, main)
 
 
-def test_no_controller_configured_means_no_client_and_the_translated_document(tmp_path):
+def test_no_controller_configured_means_no_client_and_the_translated_document(tmp_path, apisix_admin):
     async def main():
-        async with running_agent(tmp_path) as (ads, apisix, agent):
+        async with running_agent(tmp_path, apisix_admin) as (ads, apisix, agent):
             assert agent.plugin_client is None
             ads.set_snapshot("1", mesh_xds("all-v1"))
             live = await agent.pusher.wait_live("cds=1,eds=1,lds=1,rds=1", timeout=10)
@@ -283,3 +301,40 @@ def test_no_controller_configured_means_no_client_and_the_translated_document(tm
             assert metric(agent, "amesh_plugin_sets_total", {"result": "applied"}) == 0
 
     asyncio.run(main())
+
+
+def test_a_set_with_a_plugin_outside_the_agents_list_is_refused_whole(tmp_path, apisix_admin, monkeypatch):
+    needs_schemas()
+    monkeypatch.setenv("AMESH_ALLOWED_PLUGINS", "response-rewrite,ip-restriction")  # what the mesh chart sets
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    api = fake_kubernetes(ampc("headers", [rewrite(direction="outbound")], namespace=NAMESPACE, selector=SELECTOR))
+    port = free_port()
+
+    async def main():
+        async with running_agent(tmp_path, apisix_admin, schema_dir=SCHEMA_DIR, controller_address=f"127.0.0.1:{port}",
+                                 controller_token=token) as (ads, apisix, agent):
+            async with running_controller(api, port):
+                ads.set_snapshot("1", mesh_xds("all-v1"))
+                await eventually(lambda: has_everywhere(apisix.config, "response-rewrite", outbound),
+                                 what="the allowed set pushed")
+                version = agent.pipeline.plugins.version
+                # The controller (whose own list is the default '*') now adds fault-injection: the agent's
+                # list does not name it, so the whole set is refused and the one in force stays.
+                changed = ampc("headers", [rewrite(direction="outbound"),
+                                           {"name": "fault-injection", "config": {"abort": {"http_status": 418}}}],
+                               namespace=NAMESPACE, selector=SELECTOR, generation=2)
+                api.emit(kube.CONFIGS, event("MODIFIED", changed, "c2"))
+                await eventually(lambda: agent.plugin_client.refused, what="refusal")
+                assert "plugin 'fault-injection' is not in the allowed plugins [response-rewrite,ip-restriction]" \
+                    in agent.plugin_client.refused
+                assert agent.pipeline.plugins.version == version
+                assert nowhere(apisix.config, "fault-injection", outbound) or \
+                    all(r["plugins"]["fault-injection"]["abort"]["http_status"] != 418
+                        for r in routes(apisix.config).values() if "fault-injection" in (r.get("plugins") or {}))
+                _, page = await aget(agent.ports["admin"], "/plugins")
+                view = json.loads(page)
+                assert view["version"] == version and "fault-injection" in view["stream"]["last_error"]
+                assert view["stream"]["connected"] is True
+
+    run_against(api, main)

@@ -1,11 +1,14 @@
 """The conf/config.yaml the agent renders (apisix/config.py + apisix/datapath.py) on a real APISIX 3.18:
 `apisix init` accepts it in both modes, every listener it names comes up (capture ports as stream,
-internal HTTP listeners, Admin API in API mode, Prometheus), nothing unexpected is logged, and a
-route keyed on the hook's variables serves on an internal listener, pushed the agent's way."""
+internal HTTP listeners, Admin API in API mode, Prometheus, nothing else), nothing unexpected is
+logged, and a route keyed on the hook's variables serves on an internal listener and through a
+stream route on the capture port, pushed the agent's way (Admin API sink or apisix.yaml)."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import urllib.error
 import urllib.request
 
 import pytest
@@ -33,6 +36,13 @@ def get(port: int, path: str = "/") -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def _get_or_none(port: int) -> int | None:
+    try:
+        return get(port)[0]
+    except (OSError, http.client.HTTPException):
+        return None
+
+
 @pytest.mark.parametrize("mode", [Mode.API, Mode.FILE], ids=["api", "file"])
 @pytest.mark.parametrize("ports", [(), (9080, 15014)], ids=["no-http-port", "http-ports"])
 def test_generated_config_is_accepted_and_serves(mode, ports):
@@ -56,12 +66,24 @@ def test_generated_config_is_accepted_and_serves(mode, ports):
         status, body = get(prometheus, "/apisix/prometheus/metrics")
         assert status == 200 and b"apisix_" in body, (status, body, apisix.log())
         if ports:
-            listener = apisix.forward(internal_ports(data_path)[(Direction.OUTBOUND, 9080)])
+            internal = internal_ports(data_path)[(Direction.OUTBOUND, 9080)]
+            listener = apisix.forward(internal)
+            # a stream route on the capture port too (matched by the client's address: nothing is
+            # captured here), hopping to the internal listener: stream routes serve in both modes
+            document = dict(DOCUMENT, stream_routes=[{"id": "s-local", "remote_addr": "127.0.0.1",
+                                                      "upstream_id": "us-internal"}],
+                            upstreams=DOCUMENT["upstreams"] + [{"id": "us-internal", "type": "roundrobin", "scheme": "tcp",
+                                                                "nodes": [{"host": "127.0.0.1", "port": internal,
+                                                                           "weight": 1}]}])
+            front = apisix.forward(settings.outbound_port)
             if mode is Mode.API:
-                asyncio.run(AdminApiSink(apisix.admin_url, settings.admin_key).push(DOCUMENT))
+                asyncio.run(AdminApiSink(apisix.admin_url, settings.admin_key).push(document))
                 apisix.wait_for(lambda: get(listener)[0] == 200)
             else:
-                apisix.load(DOCUMENT, probe=lambda: get(listener)[0] == 200)
+                apisix.load(document, probe=lambda: get(listener)[0] == 200)
+            apisix.wait_for(lambda: _get_or_none(front) == 200)
+            status, body = get(front)
+            assert status == 200 and b'"port":9080' in body
             status, body = get(listener)
             assert status == 200 and b'"port":9080' in body and b'"direction":"outbound"' in body
             # the other internal listener stands for 15014: the route keyed on 9080 does not match

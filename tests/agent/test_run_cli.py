@@ -66,6 +66,8 @@ def test_every_flag_reads_its_environment_variable(monkeypatch, tmp_path):
         "AMESH_ADMIN_PORT": "25000", "AMESH_PARTIAL_TIMEOUT": "3", "TERMINATION_DRAIN_DURATION_SECONDS": "7",
         "AMESH_LOG_LEVEL": "debug", "AMESH_CONTROLLER_ADDRESS": "amesh-controller.istio-system.svc:15810",
         "AMESH_CONTROLLER_TOKEN": str(tmp_path / "sa-token"),
+        "CA_ADDR": "istiod-ca.istio-system.svc:15012", "CA_ROOT_CA": str(tmp_path / "ca-root.pem"),
+        "TRUST_DOMAIN": "example.org",
     }
     got = params(monkeypatch, env)
     assert got == {
@@ -77,6 +79,8 @@ def test_every_flag_reads_its_environment_variable(monkeypatch, tmp_path):
         "status_port": 25021, "metrics_port": 25020, "admin_port": 25000, "partial_timeout": 3.0,
         "drain_seconds": 7.0, "log_level": "debug",
         "controller_address": "amesh-controller.istio-system.svc:15810", "controller_token": tmp_path / "sa-token",
+        "ca_address": "istiod-ca.istio-system.svc:15012", "ca_root_cert": str(tmp_path / "ca-root.pem"),
+        "trust_domain": "example.org",
     }
     # A flag on the command line wins over its variable.
     assert params(monkeypatch, env, ("--status-port", "15021", "--tls"))["status_port"] == 15021

@@ -23,6 +23,7 @@ class FakeApi:
         self.authorizations: list[str | None] = []  # the Authorization header of every request
         self.patches: list[tuple[str, dict]] = []
         self.reviews: dict[str, dict] = {}  # token -> TokenReview status
+        self.review_specs: list[dict] = []  # the spec of every TokenReview asked for
         self.list_errors: dict[str, list[int]] = {}  # path -> HTTP codes to answer before succeeding
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -106,6 +107,7 @@ class FakeApi:
                 body = json.loads(self.rfile.read(length))
                 with api._lock:
                     api.requests.append(("POST", self.path, {}))
+                    api.review_specs.append(body.get("spec") or {})
                 status = api.reviews.get(body["spec"]["token"], {"authenticated": False})
                 self._body(201, {**body, "status": status})
 
@@ -154,8 +156,8 @@ def event(kind: str, obj: dict, rv: str) -> dict:
     return {"type": kind, "object": {**obj, "metadata": {**obj["metadata"], "resourceVersion": rv}}}
 
 
-def service_account_review(namespace: str, pod: str, sa: str = "default") -> dict:
-    return {"authenticated": True, "audiences": ["https://kubernetes.default.svc"],
+def service_account_review(namespace: str, pod: str, sa: str = "default", audience: str = "amesh-controller") -> dict:
+    return {"authenticated": True, "audiences": [audience],
             "user": {"username": f"system:serviceaccount:{namespace}:{sa}", "uid": "u",
                      "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
                      "extra": {"authentication.kubernetes.io/pod-name": [pod],

@@ -12,11 +12,12 @@ from controller.auth import TokenReviewAuthenticator, check_review
 from controller.kube import Kube, KubeConfig
 from controller.metrics import ControllerMetrics
 from amesh_common.proto import pb2, pb2_grpc
-from controller.stream import Hub, PluginStreamServicer, start_server
-from sidecar_agent.plugins.client import PluginClient
+from controller.stream import Hub, PluginStreamServicer, ServerTls, start_server
+from sidecar_agent.plugins.client import PluginClient, StreamSecurity
 from amesh_common.plugin_model import ControllerPlugin, Direction, PluginSet, PluginType
 from amesh_common.backoff import Backoff
 from tests.agent.waiting import eventually
+from tests.controller import pki
 from tests.controller.fake_api import FakeApi, service_account_review
 
 POD = ("shop", "web-1")
@@ -30,21 +31,24 @@ def plugin_set(value: str) -> PluginSet:
 
 
 class Side:
-    """A controller-side stream server whose per-pod sets the test sets directly."""
+    """A controller-side stream server (TLS with `files`' certificate) whose per-pod sets the test sets directly."""
 
-    def __init__(self, api: FakeApi) -> None:
+    def __init__(self, api: FakeApi, files: pki.Files | None = None, recheck_seconds: float = 60.0,
+                 host: str = "127.0.0.1") -> None:
         self.sets: dict = {}
         self.hub = Hub(lambda pod: self.sets.get(pod, PluginSet()))
         self.metrics = ControllerMetrics()
         self.not_ready: str | None = None
         review = Kube(KubeConfig(api.url), timeout=5).token_review
         self.servicer = PluginStreamServicer(self.hub, TokenReviewAuthenticator(review), self.metrics,
-                                             lambda: self.not_ready)
+                                             lambda: self.not_ready, recheck_seconds)
+        self.tls = ServerTls(files.cert, files.key) if files is not None else None
+        self.host = host
         self.server = None
         self.port = 0
 
     async def start(self, port: int = 0) -> None:
-        self.server, self.port = await start_server(self.servicer, f"127.0.0.1:{port}")
+        self.server, self.port = await start_server(self.servicer, f"{self.host}:{port}", self.tls)
 
     async def stop(self) -> None:
         await self.server.stop(grace=None)
@@ -58,6 +62,11 @@ class Side:
 
 
 @pytest.fixture
+def pkifiles(tmp_path):
+    return pki.standard(tmp_path / "pki")
+
+
+@pytest.fixture
 def api():
     server = FakeApi()
     server.reviews["web-1-token"] = service_account_review("shop", "web-1")
@@ -68,20 +77,27 @@ def api():
     server.close()
 
 
-def client_for(port: int, token: str | None, received: list, pod=POD) -> PluginClient:
+def client_for(port: int, token: str | None, received: list, pod=POD, security: StreamSecurity | None = None,
+               host: str = "127.0.0.1") -> PluginClient:
     async def on_set(s: PluginSet) -> None:
         received.append(s)
 
-    return PluginClient(f"127.0.0.1:{port}", pod[0], pod[1], lambda: token, on_set, FAST)
+    return PluginClient(f"{host}:{port}", pod[0], pod[1], lambda: token, on_set, FAST,
+                        security or StreamSecurity(insecure_plaintext=True))
 
 
-def test_full_set_on_connect_then_every_change(api):
+def trusting(files: pki.Files, **over) -> StreamSecurity:
+    """The agent's settings as the injection template gives them: verify the controller with this CA."""
+    return StreamSecurity(ca_file=files.ca, **over)
+
+
+def test_full_set_on_connect_then_every_change(api, pkifiles):
     async def main():
-        side = Side(api)
+        side = Side(api, pkifiles)
         side.sets[POD] = plugin_set("1")
         await side.start()
         received: list[PluginSet] = []
-        client = client_for(side.port, "web-1-token", received)
+        client = client_for(side.port, "web-1-token", received, security=trusting(pkifiles))
         task = asyncio.create_task(client.run())
         try:
             await eventually(lambda: received, what="initial set")
@@ -104,21 +120,21 @@ def test_full_set_on_connect_then_every_change(api):
     asyncio.run(main())
 
 
-def test_reconnects_with_backoff_and_keeps_the_last_set_meanwhile(api):
+def test_reconnects_with_backoff_and_keeps_the_last_set_meanwhile(api, pkifiles):
     async def main():
-        side = Side(api)
+        side = Side(api, pkifiles)
         side.sets[POD] = plugin_set("1")
         await side.start()
         port = side.port
         received: list[PluginSet] = []
-        client = client_for(port, "web-1-token", received)
+        client = client_for(port, "web-1-token", received, security=trusting(pkifiles))
         task = asyncio.create_task(client.run())
         try:
             await eventually(lambda: received, what="initial set")
             await side.stop()
             await eventually(lambda: not client.connected and client.attempts >= 3, what="retries while down")
             assert client.current == plugin_set("1")  # kept while the controller is away
-            restarted = Side(api)
+            restarted = Side(api, pkifiles)
             restarted.sets[POD] = plugin_set("2")
             await restarted.start(port)
             try:
@@ -139,13 +155,13 @@ def test_reconnects_with_backoff_and_keeps_the_last_set_meanwhile(api):
     ("legacy-token", grpc.StatusCode.PERMISSION_DENIED, "token has no pod-name claim"),
     ("forged", grpc.StatusCode.PERMISSION_DENIED, "token not authenticated"),
 ])
-def test_a_pod_cannot_read_another_pods_plugins(api, token, code, detail):
+def test_a_pod_cannot_read_another_pods_plugins(api, pkifiles, token, code, detail):
     async def main():
-        side = Side(api)
+        side = Side(api, pkifiles)
         side.sets[POD] = plugin_set("secret")
         await side.start()
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{side.port}") as channel:
+            async with trusting(pkifiles).channel(f"127.0.0.1:{side.port}") as channel:
                 stub = pb2_grpc.PluginServiceStub(channel)
                 metadata = (("authorization", f"Bearer {token}"),) if token else ()
                 call = stub.StreamPlugins(pb2.StreamPluginsRequest(pod=pb2.PodIdentity(namespace=POD[0], name=POD[1])),
@@ -156,7 +172,7 @@ def test_a_pod_cannot_read_another_pods_plugins(api, token, code, detail):
                 assert exc.value.code() == code and detail in exc.value.details()
             # The agent client keeps retrying with backoff and never sees the set.
             received: list[PluginSet] = []
-            client = client_for(side.port, token, received)
+            client = client_for(side.port, token, received, security=trusting(pkifiles))
             task = asyncio.create_task(client.run())
             try:
                 await eventually(lambda: client.attempts >= 3, what="retries after refusal")
@@ -171,13 +187,13 @@ def test_a_pod_cannot_read_another_pods_plugins(api, token, code, detail):
     asyncio.run(main())
 
 
-def test_not_ready_controller_refuses_instead_of_sending_an_empty_set(api):
+def test_not_ready_controller_refuses_instead_of_sending_an_empty_set(api, pkifiles):
     async def main():
-        side = Side(api)
+        side = Side(api, pkifiles)
         side.not_ready = "not yet listed: pods"
         await side.start()
         received: list[PluginSet] = []
-        client = client_for(side.port, "web-1-token", received)
+        client = client_for(side.port, "web-1-token", received, security=trusting(pkifiles))
         task = asyncio.create_task(client.run())
         try:
             await eventually(lambda: client.last_error and "UNAVAILABLE" in client.last_error, what="refusal")

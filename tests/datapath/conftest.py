@@ -1,5 +1,7 @@
 """Data-path tests: the pure ones always run; the network ones need root, `ip netns`, the capture
-program and (for the Lua module) Debian's nginx with lua-nginx-module, and skip saying which is missing."""
+program, and either the real APISIX (tests/realapisix.py: the hook, the passthrough plugin, stream
+routes) or, for amesh/origdst.lua alone, Debian's nginx with lua-nginx-module; they skip saying which
+is missing."""
 
 from __future__ import annotations
 

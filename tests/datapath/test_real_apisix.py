@@ -65,6 +65,10 @@ ROUTES = [
      "vars": [["amesh_direction", "==", "inbound"], ["original_dst_port", "==", 8080]]},
     {"id": "r-reviews-9080", "uri": "/*", "hosts": ["reviews"], "upstream_id": "u-dummy", "plugins": REPORT,
      "vars": [["amesh_direction", "==", "outbound"], ["original_dst_port", "==", 9080]]},
+    # fault-injection (rewrite phase) before the passthrough plugin (access, priority 960)
+    {"id": "r-faulty-9080", "uri": "/*", "hosts": ["faulty"], "upstream_id": "u-passthrough",
+     "plugins": {"amesh-passthrough": {}, "fault-injection": {"abort": {"http_status": 418, "body": "fault"}}},
+     "vars": [["amesh_direction", "==", "outbound"], ["original_dst_port", "==", 9080]]},
     # Istio's allow_any virtual host: any other Host on port 9080 goes to PassthroughCluster
     {"id": "r-allow-any-9080", "uri": "/*", "priority": -10, "upstream_id": "u-passthrough",
      "plugins": {"amesh-passthrough": {}},
@@ -222,3 +226,9 @@ def test_http_passthrough_refuses_loopback(mesh, host):
     status, _ = request(network.pod, SERVICE_V4, 9080, host_header=host)
     assert status == 502
     assert "is loopback" in apisix.log()
+
+
+def test_fault_injection_aborts_before_the_passthrough_plugin(mesh):
+    network, _ = mesh
+    status, body = request(network.pod, SERVICE_V4, 9080, host_header="faulty")
+    assert (status, body) == (418, "fault")

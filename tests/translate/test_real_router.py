@@ -20,7 +20,6 @@ import copy
 import functools
 import http.client
 import json
-import time
 
 import pytest
 
