@@ -80,6 +80,7 @@ def translate_inbound(listener, pod_ips: Sequence[str], internal: Mapping[int, i
                             {"amesh.internal": "http-inbound"})
             upstreams[hop["id"]] = hop
             stream_routes += _guarded(_stream_routes(f"inbound|{port}|http", pod_ips, port, hop["id"]), network)
+            http = rbac.per_route(payload[0], http, cov)
             routes += _guarded(_http_routes(payload, port, target, clusters, upstreams, cov), http)
         else:
             app = _app_upstream(payload, port, target, clusters, scheme="tcp")
@@ -165,7 +166,7 @@ def _port_chains(listener, cov: Coverage | None) -> dict[int, tuple[str, object,
         port = match.destination_port.value if match.HasField("destination_port") else None
         if port is None or port == listener.address.socket_address.port_value:
             continue  # passthrough / blackhole chains: handled by the catch-all and the Lua module
-        tls = match.transport_protocol == "tls"
+        tls = match.transport_protocol == "tls" or rbac.mtls_only(chain)  # a TLS-terminating chain
         entry = _chain_payload(chain, f"{listener.name}:{port}", cov)
         if entry is None:
             continue
@@ -181,7 +182,9 @@ def _port_chains(listener, cov: Coverage | None) -> dict[int, tuple[str, object,
                          "inbound mTLS not implemented: denied]")
             denied = rbac.Security()
             denied.refuse(f"port {port} requires mTLS: inbound mTLS not implemented")
-            security = (denied, security[1])
+            # new connections are closed; requests on connections the stream front already holds
+            # (keep-alive from before the change) are refused by the HTTP routes
+            security = (denied, denied)
         out[port] = (kind, payload, security)
     return out
 

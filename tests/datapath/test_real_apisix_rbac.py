@@ -1,0 +1,195 @@
+"""The `amesh-rbac` plugin (sidecar_agent/lua/apisix/plugins/amesh-rbac.lua) on a real APISIX 3.18 in a
+captured pod (tests/realapisix.py, the fixtures of test_real_apisix.py): configurations shaped as
+translate/rbac.py makes them, on inbound HTTP routes (rewrite phase: 403 "RBAC: access denied") and
+inbound stream routes (preread: the connection is closed). `other` dials the pod, so on the stream side
+the client address is `other`'s own (the connection to 15006 is the client's).
+
+Every configuration used here is also checked with the schema the agent validates documents with.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from netns_tests.pods import OTHER_V4, POD_V4
+from sidecar_agent.apisix import config as apisix_config
+from sidecar_agent.schema import Schemas
+from sidecar_agent.translate.stream import precedence
+from tests import realapisix
+
+PLUGIN = "amesh-rbac"
+SCOPE = [["amesh_direction", "==", "inbound"], ["original_dst_port", "==", 8080]]
+ANY = {"any": True}
+MTLS = {"unknown": "principals.filter_state: peer principal needs mTLS, not implemented"}
+
+
+def _filter(action: str, *policies: tuple[list, list]) -> dict:
+    return {"action": action, "name": action.lower(),
+            "policies": [{"name": f"p{i}", "permissions": perms, "principals": princs}
+                         for i, (perms, princs) in enumerate(policies)]}
+
+
+def method(m: str) -> dict:
+    return {"header": ":method", "string": {"exact": m}}
+
+
+# Host -> amesh-rbac configuration of that inbound route
+HTTP_CONFIGS = {
+    "deny-admin": {"filters": [_filter("DENY", ([{"path": {"prefix": "/admin"}}], [ANY]))]},
+    "allow-get": {"filters": [_filter("ALLOW", ([{"and": [{"or": [method("GET")]}]}], [ANY]))]},
+    # DENY needing a principal: undecidable without mTLS, so it denies
+    "deny-principal": {"filters": [_filter("DENY", ([ANY], [MTLS]))]},
+    # ALLOW needing a principal cannot allow; the open rule still does
+    "allow-principal": {"filters": [_filter("ALLOW", ([method("GET")], [MTLS]),
+                                            ([{"path": {"prefix": "/public"}}], [ANY]))]},
+    # notPaths, headers (present / invert / suffix / regex), host
+    "not-path": {"filters": [_filter("ALLOW", ([{"not": {"path": {"exact": "/private"}}}], [ANY]))]},
+    "headers": {"filters": [_filter("DENY", ([{"header": "x-block", "present": True}], [ANY]),
+                                    ([{"header": "x-user", "string": {"regex": "ev[a-z]+"}}], [ANY]),
+                                    ([{"header": ":authority", "string": {"suffix": ".evil"}}], [ANY]))]},
+    "ports": {"filters": [_filter("ALLOW", ([{"port": 8080}], [ANY]))]},
+    "other-port": {"filters": [_filter("ALLOW", ([{"port_range": [9000, 9100]}], [ANY]))]},
+    "audit": {"filters": [_filter("LOG", ([ANY], [ANY]))]},
+    "refused": {"deny": "port 8080 requires mTLS: inbound mTLS not implemented"},
+    "open": None,
+}
+# inbound TCP port -> amesh-rbac configuration of its stream route
+STREAM_CONFIGS = {
+    7000: {"filters": [_filter("DENY", ([ANY], [{"source_ip": f"{OTHER_V4}/32"}]))]},
+    7001: {"filters": [_filter("DENY", ([ANY], [{"source_ip": "192.0.2.0/24"}]))]},
+    7002: {"filters": [_filter("ALLOW")]},  # Istio's TCP ALLOW without policies: deny all
+    7003: {"deny": "port 7003 requires mTLS: inbound mTLS not implemented"},
+    7004: {"filters": [_filter("ALLOW", ([{"port": 7004}], [{"source_ip": f"{OTHER_V4}/32"}]))]},
+    7005: {"filters": [_filter("DENY", ([ANY], [MTLS]))]},
+    7006: None,
+}
+
+
+def _document() -> dict:
+    upstreams = [{"id": "u-app", "type": "roundrobin", "nodes": [{"host": "127.0.0.1", "port": 17777, "weight": 1}]},
+                 {"id": "us-app", "type": "roundrobin", "scheme": "tcp",
+                  "nodes": [{"host": "127.0.0.1", "port": 17777, "weight": 1}]},
+                 {"id": "us-inbound-http", "type": "roundrobin", "scheme": "tcp",
+                  "nodes": [{"host": "127.0.0.1", "port": 15600, "weight": 1}]}]
+    routes = []
+    for host, conf in HTTP_CONFIGS.items():
+        route = {"id": f"r-{host}", "uri": "/*", "hosts": [host], "priority": 100, "upstream_id": "u-app",
+                 "vars": SCOPE}
+        if conf is not None:
+            route["plugins"] = {PLUGIN: conf}
+        routes.append(route)
+    stream_routes = [{"id": "s-in-8080", "server_addr": POD_V4, "server_port": 8080,
+                      "upstream_id": "us-inbound-http"}]
+    for port, conf in STREAM_CONFIGS.items():
+        route = {"id": f"s-in-{port}", "server_addr": POD_V4, "server_port": port, "upstream_id": "us-app"}
+        if conf is not None:
+            route["plugins"] = {PLUGIN: conf}
+        stream_routes.append(route)
+    return {"routes": routes, "upstreams": upstreams, "stream_routes": sorted(stream_routes, key=precedence)}
+
+
+DOCUMENT = _document()
+
+
+def request(ns: str, port: int, *, host: str = "open", method: str = "GET", path: str = "/",
+            headers: dict | None = None) -> tuple[int, str]:
+    """One request from `ns` to the pod: (status, body), or (0, why) when the connection was closed."""
+    script = ("import http.client, sys\n"
+              "try:\n"
+              f"    c = http.client.HTTPConnection({POD_V4!r}, {port}, timeout=5)\n"
+              f"    c.request({method!r}, {path!r}, headers=dict({{'Host': {host!r}}}, **{headers or {}!r}))\n"
+              "    r = c.getresponse(); sys.stdout.write(str(r.status) + '\\n' + r.read().decode())\n"
+              "except (OSError, http.client.HTTPException) as e:\n"
+              "    sys.stdout.write('0\\n' + type(e).__name__)\n")
+    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", script],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    status, _, body = out.stdout.partition("\n")
+    return int(status), body
+
+
+@pytest.fixture(scope="module")
+def mesh(captured_pod):
+    realapisix.skip_unless_available()
+    network = captured_pod
+    settings, data_path = realapisix.settings(apisix_config.Mode.FILE, ipv6=True, inbound_http_ports=(8080,))
+    app = realapisix.EchoServers(network.pod, [("app", "127.0.0.1", 17777)])
+    with app, realapisix.running(apisix_config.render_yaml(settings, data_path), ns=network.pod,
+                                 document=DOCUMENT) as apisix:
+        apisix.load(DOCUMENT, probe=lambda: request(network.other, 7006)[0] == 200)
+        yield network, apisix
+
+
+def test_configurations_pass_the_agents_schema(schema_dir):
+    schemas = Schemas(schema_dir)
+    for conf in [*HTTP_CONFIGS.values(), *STREAM_CONFIGS.values()]:
+        if conf is not None:
+            assert schemas.check_plugin(PLUGIN, conf) == [], conf
+
+
+def test_apisix_accepts_the_plugin(mesh):
+    _, apisix = mesh
+    assert not apisix.errors(), apisix.log()
+    assert request(mesh[0].other, 8080)[0] == 200
+
+
+@pytest.mark.parametrize("host,method,path,headers,expected", [
+    ("deny-admin", "GET", "/admin", {}, 403),
+    ("deny-admin", "GET", "/admin/users?x=1", {}, 403),
+    ("deny-admin", "GET", "/ok", {}, 200),
+    ("deny-admin", "GET", "/./admin", {}, 403),  # the normalised path
+    ("allow-get", "GET", "/x", {}, 200),
+    ("allow-get", "POST", "/x", {}, 403),
+    ("deny-principal", "GET", "/", {}, 403),
+    ("allow-principal", "GET", "/", {}, 403),
+    ("allow-principal", "GET", "/public/a", {}, 200),
+    ("not-path", "GET", "/open", {}, 200),
+    ("not-path", "GET", "/private", {}, 403),
+    ("headers", "GET", "/", {}, 200),
+    ("headers", "GET", "/", {"X-Block": "1"}, 403),
+    ("headers", "GET", "/", {"X-User": "eve"}, 403),
+    ("headers", "GET", "/", {"X-User": "steve"}, 200),  # regex matches the whole value
+    ("ports", "GET", "/", {}, 200),
+    ("other-port", "GET", "/", {}, 403),
+    ("audit", "GET", "/", {}, 200),
+    ("refused", "GET", "/", {}, 403),
+    ("open", "DELETE", "/admin", {}, 200),
+])
+def test_http(mesh, host, method, path, headers, expected):
+    network, apisix = mesh
+    status, body = request(network.other, 8080, host=host, method=method, path=path, headers=headers)
+    assert status == expected, (body, apisix.log()[-3000:])
+    if expected == 403:
+        assert body == "RBAC: access denied"
+
+
+def test_audit_only_logs(mesh):
+    network, apisix = mesh
+    request(network.other, 8080, host="audit")
+    assert "amesh-rbac audit: policy p0 matched" in apisix.log()
+
+
+def test_headers_with_authority_suffix(mesh):
+    network, _ = mesh
+    assert request(network.other, 8080, host="headers", headers={"Host": "x.evil"})[0] in (403, 404)
+
+
+@pytest.mark.parametrize("port,served", [(7000, False), (7001, True), (7002, False), (7003, False),
+                                         (7004, True), (7005, False), (7006, True)])
+def test_stream(mesh, port, served):
+    network, apisix = mesh
+    status, body = request(network.other, port)
+    if served:
+        assert status == 200 and '"app"' in body, (body, apisix.log()[-3000:])
+    else:
+        assert status == 0, body
+
+
+def test_stream_denial_is_logged_with_the_reason(mesh):
+    network, apisix = mesh
+    request(network.other, 7003)
+    assert "amesh-rbac closed the connection from" in apisix.log()
+    assert "port 7003 requires mTLS" in apisix.log()
