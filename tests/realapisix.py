@@ -45,7 +45,6 @@ from sidecar_agent.sink.file import FileSink
 
 HOME = Path(os.environ.get("AMESH_APISIX_HOME", "/usr/local/apisix"))
 PROXY_UID = 1337  # the UID/GID the capture rules exempt
-ADMIN_PORT = 9180
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -251,8 +250,12 @@ class Apisix:
             if not host.startswith("["):
                 out.append(("127.0.0.1", int(port)))
         if not self.file_mode:
-            out.append(("127.0.0.1", ADMIN_PORT))
+            out.append(("127.0.0.1", self.admin_port))
         return out
+
+    @property
+    def admin_port(self) -> int:
+        return int(self.conf["deployment"]["admin"]["admin_listen"]["port"])
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.timeout
@@ -348,7 +351,7 @@ class Apisix:
 
     @property
     def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.forward(ADMIN_PORT)}"
+        return f"http://127.0.0.1:{self.forward(self.admin_port)}"
 
     @property
     def admin_key(self) -> str:
@@ -394,7 +397,7 @@ class AdminRecorder:
         self._answers: list[int] = []
         self._accepted: list[dict] = []
         self.lock = threading.Lock()
-        self.forwarder = Forwarder(apisix.ns, "127.0.0.1", ADMIN_PORT, record=self._record)
+        self.forwarder = Forwarder(apisix.ns, "127.0.0.1", apisix.admin_port, record=self._record)
         apisix.extra_forwarders.append(self.forwarder)
         self.url = f"http://127.0.0.1:{self.forwarder.port}"
 

@@ -88,8 +88,11 @@ class Pusher:
         attempt = 0
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.recheck_seconds)
-            except asyncio.TimeoutError:
+                # not asyncio.wait_for: on 3.11 it can swallow a cancel that lands as the wait ends,
+                # and the task then never stops (seen: an agent test's teardown hung for good)
+                async with asyncio.timeout(self.recheck_seconds):
+                    await self._wake.wait()
+            except TimeoutError:
                 if self.live is not None and self._pending is None and not await self.sink.holds_last():
                     log.warning("APISIX no longer holds document %s: pushing it again", self.live.label)
                     self._pending, self._force = self.live, True
