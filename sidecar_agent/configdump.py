@@ -278,6 +278,8 @@ def _wrap_unknown_any(value: Any, opaque: list[str]) -> Any:
     (benchmarks/translate.py, "config dump" rows)."""
     if isinstance(value, list):
         for at, item in enumerate(value):
+            if isinstance(item, _SCALARS):  # most leaves: no call
+                continue
             wrapped = _wrap_unknown_any(item, opaque)
             if wrapped is not item:
                 return value[:at] + [wrapped] + [_wrap_unknown_any(v, opaque) for v in value[at + 1:]]
@@ -290,6 +292,8 @@ def _wrap_unknown_any(value: Any, opaque: list[str]) -> Any:
         return {"@type": _TYPED_STRUCT, "type_url": url, "value": {k: v for k, v in value.items() if k != "@type"}}
     changed = {}
     for key, item in value.items():
+        if isinstance(item, _SCALARS):
+            continue
         wrapped = _wrap_unknown_any(item, opaque)
         if wrapped is not item:
             changed[key] = wrapped

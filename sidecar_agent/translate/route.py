@@ -40,6 +40,7 @@ mirrored upstream (the document holds one for every ref in some RouteSet's `mirr
 
 from __future__ import annotations
 
+import array
 import copy
 import hashlib
 import re
@@ -102,10 +103,11 @@ class VhostPart:
     counts: tuple[tuple[str, int], ...]  # its coverage entries (field, count)
     own_websocket: tuple[str, ...] = ()
     mirrors: frozenset[UpstreamRef] = frozenset()
-    # What a later translation reusing this part checks without reading the protobuf again: the
-    # virtual host's name and its domains lowered (duplicates across virtual hosts are an error).
-    name: str = ""
-    domain_keys: tuple[str, ...] = ()
+    # What a later translation reusing this part checks for duplicate domains without reading the
+    # protobuf again: hash() of each lowered domain, packed 8 bytes each (~130 bytes a virtual host; the
+    # strings themselves would be ~1 KB: 10 MB at 10,000 services). A match, or a hash collision, is
+    # settled by the exact check (`_name_duplicate_domain`).
+    domain_hashes: bytes = b""
 
 
 def band_of(domain: str) -> int:
@@ -195,32 +197,36 @@ def translate_route_config(rc, previous: RouteSet | None = None, websocket: bool
     routes: list[dict] = []
     refs: set[UpstreamRef] = set()
     parts: dict[bytes, VhostPart] = {}
-    seen_domains: dict[str, str] = {}
+    seen_domains: set[int] = set()  # hash() of every lowered domain so far
     same_counts: dict[tuple, tuple] = {}  # most virtual hosts report the same fields: one tuple for all
     # How many virtual hosts report each (shared) counts tuple: added once each, multiplied. With the
-    # reused parts' checks done on their stored domains, a one-route change at 1,000 services costs a
+    # reused parts' domains checked from their stored hashes, a one-route change at 1,000 services costs a
     # few C-level operations per unchanged virtual host (benchmarks/agent.py "one route change").
     repeats: dict[int, list] = {}
-    for vhost in rc.virtual_hosts:
+    for index, vhost in enumerate(rc.virtual_hosts):
         digest = hashlib.blake2b(vhost.SerializeToString(deterministic=True), digest_size=16).digest()
         part = reusable.get(digest)
-        if part is not None and seen_domains.keys().isdisjoint(part.domain_keys):
-            seen_domains.update(dict.fromkeys(part.domain_keys, part.name))
-        else:  # a new virtual host, or a duplicate domain to name
+        if part is None:
             vhost_name = vhost.name  # each protobuf read makes a new str: read once
             domains = tuple(vhost.domains)
             if not domains:
                 raise TranslationError(f"route_config {name!r}: virtual host {vhost_name!r} has no domains")
-            for domain in domains:
-                if part is None:
+            for at, domain in enumerate(domains):
+                try:
                     _check_domain(domain, name, vhost_name)
-                key = domain.lower()
-                if key in seen_domains:
-                    raise TranslationError(f"route_config {name!r}: domain {domain!r} is in virtual hosts "
-                                           f"{seen_domains[key]!r} and {vhost_name!r}")
-                seen_domains[key] = vhost_name
-            if part is None:
-                part = _vhost_part(rc, vhost, vhost_name, domains, scope_vars, same_counts, websocket, mirror_port)
+                except TranslationError:  # a duplicate before this domain is named first, as ever
+                    _name_duplicate_domain(rc, (index, at))
+                    raise
+            hashes = _domain_hashes(domains)
+        else:
+            hashes = part.domain_hashes
+        keys = memoryview(hashes).cast("q")
+        if not seen_domains.isdisjoint(keys) or (part is None and len(set(keys)) != len(keys)):
+            _name_duplicate_domain(rc)  # raises, unless it was a hash collision
+        seen_domains.update(keys)
+        if part is None:
+            part = _vhost_part(rc, vhost, vhost_name, domains, scope_vars, same_counts, websocket, mirror_port,
+                               hashes)
         parts[digest] = part
         routes.extend(part.routes)
         refs.update(part.refs)
@@ -270,8 +276,30 @@ def _context(rc) -> bytes:
     return "\x1f".join(out).encode()
 
 
+def _domain_hashes(domains: tuple[str, ...]) -> bytes:
+    return array.array("q", [hash(d.lower()) for d in domains]).tobytes()
+
+
+def _name_duplicate_domain(rc, before: tuple[int, int] | None = None) -> None:
+    """Raise the error naming the first domain two virtual hosts (or one, twice) list; return when
+    there is none (the hashes only collided). `before`: (virtual host, domain) index to stop at."""
+    name = rc.name
+    seen: dict[str, str] = {}
+    for index, vhost in enumerate(rc.virtual_hosts):
+        vhost_name = vhost.name
+        for at, domain in enumerate(vhost.domains):
+            if before is not None and (index, at) >= before:
+                return
+            key = domain.lower()
+            if key in seen:
+                raise TranslationError(f"route_config {name!r}: domain {domain!r} is in virtual hosts "
+                                       f"{seen[key]!r} and {vhost_name!r}")
+            seen[key] = vhost_name
+
+
 def _vhost_part(rc, vhost, vhost_name: str, domains: tuple[str, ...], scope_vars: list[list],
-                same_counts: dict[tuple, tuple], websocket: bool, mirror_port: int) -> VhostPart:
+                same_counts: dict[tuple, tuple], websocket: bool, mirror_port: int,
+                domain_hashes: bytes = b"") -> VhostPart:
     """`scope_vars`: the route configuration's conditions, as the lists its routes share."""
     name = rc.name
     cov = Coverage("route_config", name)
@@ -317,7 +345,7 @@ def _vhost_part(rc, vhost, vhost_name: str, domains: tuple[str, ...], scope_vars
         routes.append(catch_all)
     counts = cov.counts()
     return VhostPart(tuple(routes), frozenset(refs), same_counts.setdefault(counts, counts), tuple(own),
-                     frozenset(mirrors), vhost_name, tuple(d.lower() for d in domains))
+                     frozenset(mirrors), domain_hashes)
 
 
 def _route_key(route: dict) -> str:

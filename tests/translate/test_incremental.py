@@ -333,6 +333,33 @@ def test_reused_virtual_hosts_give_the_fresh_translation(edit):
         assert len(shared) >= len(before.routes) - 3 * 2  # all but the edited virtual host's routes
 
 
+@pytest.mark.parametrize("new_first", [False, True])
+def test_a_new_virtual_host_taking_a_reused_ones_domain_is_refused(new_first):
+    """Reused virtual hosts are checked on their stored domains: a duplicate is still named, whichever
+    of the two (the reused or the new one) comes first."""
+    from sidecar_agent.translate import TranslationError
+
+    rc = istiogen.synthetic_mesh(6).route_configs[0]
+    before = translate_route_config(rc)
+    taken = rc.virtual_hosts[2].domains[0]
+
+    def edit(out):
+        extra = _renamed(out.virtual_hosts[0])
+        extra.domains.append(taken.upper())  # domains compare case-insensitively
+        if new_first:
+            out.virtual_hosts.insert(0, extra)
+        else:
+            out.virtual_hosts.add().CopyFrom(extra)
+
+    changed = _edited(rc, edit)
+    with pytest.raises(TranslationError) as fresh:
+        translate_route_config(changed)
+    with pytest.raises(TranslationError) as reused:
+        translate_route_config(changed, before)
+    assert str(reused.value) == str(fresh.value)
+    assert "'extra'" in str(reused.value) and repr(rc.virtual_hosts[2].name) in str(reused.value)
+
+
 def test_reuse_across_bookinfo_variants():
     previous = None
     for name in SEQUENCE:
