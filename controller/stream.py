@@ -163,6 +163,26 @@ class PluginStreamServicer(pb2_grpc.PluginServiceServicer):
             self.metrics.connected.dec()
 
 
+def _pair_problem(cert_pem: bytes, key_pem: bytes) -> str | None:
+    """None if `cert_pem` starts with a certificate whose public key is `key_pem`'s, else what is wrong."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        return f"no PEM certificate ({exc})"
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        return f"no unencrypted PEM private key ({exc})"
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(serialization.Encoding.DER, spki) != \
+            key.public_key().public_bytes(serialization.Encoding.DER, spki):
+        return "the key does not belong to the certificate"
+    return None
+
+
 @dataclass(frozen=True)
 class ServerTls:
     """The plugin stream's serving certificate and key (PEM files, as a kubernetes.io/tls Secret mounts them).
@@ -175,9 +195,15 @@ class ServerTls:
 
     def _read(self) -> tuple[bytes, bytes]:
         try:
-            return Path(self.key_file).read_bytes(), Path(self.cert_file).read_bytes()
+            cert = Path(self.cert_file).read_bytes()
+            key = Path(self.key_file).read_bytes()
         except OSError as exc:
             raise OSError(f"plugin stream TLS: cannot read {exc.filename}: {exc.strerror}") from None
+        problem = _pair_problem(cert, key)  # gRPC would only fail at the first handshake: check the pair now
+        if problem:
+            raise OSError(f"plugin stream TLS: {self.cert_file} and {self.key_file} are not a certificate and "
+                          f"its key: {problem}")
+        return key, cert
 
     def _stamp(self) -> tuple:
         try:

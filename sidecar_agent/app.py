@@ -172,7 +172,8 @@ class Agent:
             from sidecar_agent.plugins.client import PluginClient, token_file_reader
 
             self.plugin_client = PluginClient(cfg.controller_address, self.env["POD_NAMESPACE"], self.env["POD_NAME"],
-                                              token_file_reader(str(cfg.controller_token)), self._on_plugins)
+                                              token_file_reader(str(cfg.controller_token)), self._on_plugins,
+                                              on_refused=self._plugins_refused)
             client = self.plugin_client
             self.metrics.plugin_stream_connected.set_function(lambda: float(client.connected))
         self.certs = None  # the workload certificate, kept current from istiod's CA; readiness waits for it
@@ -224,6 +225,11 @@ class Agent:
             await self.pipeline.on_plugins(plugin_set)
         except Exception:  # a bug here must not end the plugin stream (nor the agent): the last set stays
             log.exception("applying plugin set %r failed", plugin_set.version)
+
+    def _plugins_refused(self, plugin_set, why: str) -> None:
+        """A set the allowlist refused (the client keeps the set in force): counted and shown like any refusal."""
+        self.pipeline.plugins_refused = f"plugin set {plugin_set.version!r} refused: {why}"
+        self.metrics.plugin_sets.labels("refused").inc()
 
     def _plugins_view(self, with_shadowed: bool = True) -> dict:
         client = self.plugin_client
@@ -287,22 +293,10 @@ class Agent:
         self.data_path = data_path or self.data_path or self.data_path_base
         path = self.config.apisix_prefix / "conf" / "config.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = apisix_config.render_yaml(self.apisix_settings, self.data_path)
-        # It holds the admin key: 0600 from the start (mkstemp creates it so, whatever the umask), written
-        # beside it and renamed over it, so it is never readable by others nor half-written.
-        import tempfile
+        # It holds the admin key: 0600 from the moment it exists, renamed into place (sink/file.py).
+        from sidecar_agent.sink.file import write_private
 
-        fd, tmp = tempfile.mkstemp(prefix=".config.yaml.", dir=path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private(path, apisix_config.render_yaml(self.apisix_settings, self.data_path))
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:

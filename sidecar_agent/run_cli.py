@@ -1,10 +1,10 @@
 """`amesh-agent run`: what the sidecar container runs in place of pilot-agent + Envoy.
 
 Every flag is also an environment variable. Where pilot-agent reads one for the same setting, that is
-the name (`XDS_ROOT_CA`, `ISTIOD_SAN`, `ENVOY_STATUS_PORT`, `TERMINATION_DRAIN_DURATION_SECONDS`); where
-pilot-agent takes it from `PROXY_CONFIG` (discoveryAddress, controlPlaneAuthPolicy, statusPort,
-proxyAdminPort) that is the default; otherwise it is `AMESH_<FLAG>`. Defaults that depend on the
-injector's environment are worked out by `istio_defaults` (pure), as pilot-agent does: the root CA
+the name (`XDS_ROOT_CA`, `ISTIOD_SAN`, `CA_ADDR`, `CA_ROOT_CA`, `TRUST_DOMAIN`, `ENVOY_STATUS_PORT`,
+`TERMINATION_DRAIN_DURATION_SECONDS`); where pilot-agent takes it from `PROXY_CONFIG` (discoveryAddress,
+controlPlaneAuthPolicy, statusPort, proxyAdminPort) that is the default; otherwise it is `AMESH_<FLAG>`.
+Defaults that depend on the injector's environment are worked out by `istio_defaults` (pure), as pilot-agent does: the root CA
 from `XDS_ROOT_CA` / `PILOT_CERT_PROVIDER`, the token from `JWT_POLICY` (the injector also exports
 `PROXY_CONFIG.proxyMetadata` entries as variables, so they count too). Heavy imports happen inside
 the command.
@@ -34,6 +34,7 @@ MOUNTED_ROOT_CERT = "/etc/certs/root-cert.pem"  # pilot-agent's "old style" moun
 K8S_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 THIRD_PARTY_TOKEN = "/var/run/secrets/tokens/istio-token"
 FIRST_PARTY_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+CONTROLLER_TOKEN = "/var/run/secrets/amesh-controller/token"  # audience amesh-controller (injection template)
 SYSTEM = "SYSTEM"
 CA_PORT = 15012  # istiod's secure gRPC port: CreateCertificate and ADS  # XDS_ROOT_CA=SYSTEM: verify istiod with the system's roots
 
@@ -73,7 +74,8 @@ def istio_defaults(env: Mapping[str, str], exists=os.path.exists) -> dict[str, o
         else:
             root = ISTIO_ROOT_CERT
     token = FIRST_PARTY_TOKEN if env.get("JWT_POLICY") == "first-party-jwt" else THIRD_PARTY_TOKEN
-    controller_token = FIRST_PARTY_TOKEN if exists(FIRST_PARTY_TOKEN) else THIRD_PARTY_TOKEN
+    # the audience-bound token the injection template projects for the controller, else the pod's own
+    controller_token = next((t for t in (CONTROLLER_TOKEN, FIRST_PARTY_TOKEN) if exists(t)), THIRD_PARTY_TOKEN)
     return {
         "discovery_address": config.get("discoveryAddress") or ISTIOD,
         "plaintext": str(config.get("controlPlaneAuthPolicy", "")).upper() == "NONE",
@@ -151,7 +153,7 @@ _option = functools.partial(click.option, show_envvar=True)  # --help names each
               help="amesh-controller's plugin stream, HOST:PORT (empty: no controller).")
 @_option("--controller-token", envvar="AMESH_CONTROLLER_TOKEN", type=click.Path(path_type=Path),
               default=_default("controller_token"),
-              show_default=f"{FIRST_PARTY_TOKEN} if mounted, else {THIRD_PARTY_TOKEN}",
+              show_default=f"{CONTROLLER_TOKEN} if mounted, else {FIRST_PARTY_TOKEN}, else {THIRD_PARTY_TOKEN}",
               help="Token sent to amesh-controller (re-read on every connection); it must pass the "
                    "controller's TokenReview (API server audience unless the controller sets --token-audience).")
 @_option("--log-level", envvar="AMESH_LOG_LEVEL", default="info", show_default=True,

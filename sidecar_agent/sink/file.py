@@ -65,23 +65,51 @@ class FileSink:
             return False
 
     def _write(self, text: str) -> int:
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
-        try:
-            # mkstemp creates the file 0600 whatever the umask, and it stays so: the document can hold secrets
-            # (upstream TLS keys, plugin credentials). APISIX's workers run as the agent's UID (1337).
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
-            now = self.clock_ns()
+        def mtime() -> int:
             next_second = (self.last_mtime_ns // _SECOND + 1) * _SECOND if self.last_mtime_ns else 0
-            mtime = max(now, next_second)
+            return max(self.clock_ns(), next_second)
+
+        return write_private(self.path, text, mtime)
+
+
+def _owner(path: Path) -> tuple[int, int] | None:
+    """Whom root should hand the new file to: the owner of the file it replaces, else of its directory,
+    when that is not root (APISIX's own prefix, owned by UID 1337). None when not root or nobody else."""
+    if os.geteuid() != 0:
+        return None
+    for candidate in (path, path.parent):
+        try:
+            st = os.stat(candidate)
+        except FileNotFoundError:
+            continue
+        return (st.st_uid, st.st_gid) if st.st_uid != 0 else None
+    return None
+
+
+def write_private(path: Path, text: str, mtime_ns: Callable[[], int] | None = None) -> int | None:
+    """Replace `path` with `text`: mode 0600 from the moment the file exists (mkstemp creates it so whatever
+    the umask), written under a temporary name beside it, fsynced and renamed over it — never readable by
+    another user, never half-written. Run as root (tests, a root agent) it keeps the owner of the file it
+    replaces (else of the directory), so the APISIX user still reads it. Sets the mtime to `mtime_ns()` when
+    given and returns it."""
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    owner = _owner(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        os.fchmod(fd, 0o600)  # already so; explicit, and never wider
+        if owner is not None:
+            os.fchown(fd, *owner)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        mtime = None
+        if mtime_ns is not None:
+            mtime = mtime_ns()
             os.utime(tmp, ns=(mtime, mtime))
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return mtime
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return mtime

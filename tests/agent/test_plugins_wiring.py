@@ -336,5 +336,7 @@ def test_a_set_with_a_plugin_outside_the_agents_list_is_refused_whole(tmp_path, 
                 view = json.loads(page)
                 assert view["version"] == version and "fault-injection" in view["stream"]["last_error"]
                 assert view["stream"]["connected"] is True
+                assert "fault-injection" in (agent.pipeline.plugins_refused or "")  # shown as any refusal
+                assert agent.metrics.plugin_sets.labels("refused")._value.get() >= 1  # and counted
 
     run_against(api, main)

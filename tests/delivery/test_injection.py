@@ -213,3 +213,59 @@ def test_injected_pod_is_a_valid_kubernetes_pod():
     for pod in (SamplePod(), ann("sidecar.istio.io/interceptionMode", "NONE"),
                 ann("traffic.sidecar.istio.io/excludeInterfaces", "eth1")):
         kubernetes_validate.validate(inject(pod), "1.30", strict=True)
+
+
+def test_sidecar_gets_an_audience_bound_token_the_controller_ca_and_the_plugin_allowlist():
+    pod = inject(SamplePod())
+    proxy = container(pod, "istio-proxy")
+    env = {e["name"]: e.get("value") for e in proxy["env"]}
+    mount = next(m for m in proxy["volumeMounts"] if m["name"] == "amesh-controller")
+    assert mount["readOnly"] is True
+    # The agent sends the token projected for the controller's audience, not the API-server or istio-ca one.
+    assert env["AMESH_CONTROLLER_TOKEN"] == f"{mount['mountPath']}/token"
+    assert env["AMESH_CONTROLLER_CA"] == f"{mount['mountPath']}/ca.crt"
+    assert env["AMESH_CONTROLLER_ADDRESS"] == "amesh-controller.istio-system.svc:15810"
+    assert env["AMESH_ALLOWED_PLUGINS"] == "*"  # every plugin that runs no code (amesh_common.allowlist)
+    assert "AMESH_CONTROLLER_INSECURE_PLAINTEXT" not in env
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "amesh-controller")
+    token, ca = volume["projected"]["sources"]
+    assert token["serviceAccountToken"] == {"path": "token", "expirationSeconds": 3600, "audience": "amesh-controller"}
+    # The controller chart's CA ConfigMap, in the pod's namespace; optional so a pod still starts without it
+    # (its plugin stream then fails, naming the missing file; readiness never waits for the controller).
+    assert ca["configMap"] == {"name": "amesh-controller-ca", "optional": True,
+                               "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    # The agent reads exactly these (sidecar_agent/plugins/client.py).
+    from sidecar_agent.plugins.client import StreamSecurity
+
+    security = StreamSecurity.from_env(env)
+    assert str(security.ca_file) == env["AMESH_CONTROLLER_CA"] and not security.insecure_plaintext
+    assert not security.allowed.allows("serverless-pre-function") and security.allowed.allows("response-rewrite")
+
+
+def test_controller_values_reach_the_sidecar():
+    overrides = {"global": {"amesh": {"controller": {
+        "tokenAudience": "mesh-plugins", "caConfigMap": "my-ca", "tokenExpirationSeconds": 7200,
+        "allowedPlugins": ["response-rewrite", "serverless-pre-function"]}}}}
+    pod = inject(SamplePod(), overrides)
+    env = {e["name"]: e.get("value") for e in container(pod, "istio-proxy")["env"]}
+    assert env["AMESH_ALLOWED_PLUGINS"] == "response-rewrite,serverless-pre-function"
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "amesh-controller")
+    token, ca = volume["projected"]["sources"]
+    assert (token["serviceAccountToken"]["audience"], token["serviceAccountToken"]["expirationSeconds"]) == \
+        ("mesh-plugins", 7200)
+    assert ca["configMap"]["name"] == "my-ca"
+    plain = inject(SamplePod(), {"global": {"amesh": {"controller": {"insecurePlaintext": True,
+                                                                     "allowedPlugins": "cors,cors"}}}})
+    env = {e["name"]: e.get("value") for e in container(plain, "istio-proxy")["env"]}
+    assert env["AMESH_CONTROLLER_INSECURE_PLAINTEXT"] == "true" and env["AMESH_ALLOWED_PLUGINS"] == "cors,cors"
+
+
+def test_the_mesh_and_controller_charts_agree_on_the_audience_and_the_ca():
+    import yaml
+
+    from tests.delivery.injection import REPO, chart_values
+
+    controller = yaml.safe_load((REPO / "controller" / "charts" / "amesh-controller" / "values.yaml").read_text())
+    mesh = chart_values()["global"]["amesh"]["controller"]
+    assert mesh["tokenAudience"] == controller["tokenAudience"] == "amesh-controller"
+    assert mesh["caConfigMap"] == controller["tls"]["caConfigMap"]

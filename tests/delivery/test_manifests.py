@@ -87,7 +87,8 @@ def test_controller_chart_manifests_are_valid():
     for doc in docs:
         kubernetes_validate.validate(doc, K8S, strict=True)
     kinds = {d["kind"] for d in docs}
-    assert kinds == {"Deployment", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    assert kinds == {"Deployment", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Secret",
+                     "ConfigMap"}
     service = next(d for d in docs if d["kind"] == "Service")
     # The name and port the injection template gives the sidecars (AMESH_CONTROLLER_ADDRESS).
     assert service["metadata"]["name"] == "amesh-controller"
@@ -229,3 +230,119 @@ def test_every_route_names_a_defined_subset():
                     assert (dest["host"], dest["subset"]) in subsets, (name, dest)
                 weights = [r.get("weight") for r in http["route"] if "weight" in r]
                 assert not weights or sum(weights) == 100, name
+
+
+# --- the plugin stream's TLS, audience and allowlist (issue 11 §5) --------------------------------------------
+
+def _controller(values: dict) -> tuple[dict, list[dict]]:
+    docs = render(CONTROLLER_CHART, values, "amesh-controller")
+    for doc in docs:
+        if doc["apiVersion"] in ("v1", "apps/v1", "rbac.authorization.k8s.io/v1"):
+            kubernetes_validate.validate(doc, K8S, strict=True)
+    return next(d for d in docs if d["kind"] == "Deployment"), docs
+
+
+def _env(deployment: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_controller_chart_makes_a_serving_certificate_the_sidecars_can_verify(tmp_path):
+    from cryptography import x509
+    from cryptography.x509.oid import ExtensionOID
+
+    deployment, docs = _controller({"tls": {"caNamespaces": ["default", "bookinfo"]}})
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    assert (secret["type"], secret["metadata"]["name"]) == ("kubernetes.io/tls", "amesh-controller-tls")
+    import base64
+    pem = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    cert, ca = x509.load_pem_x509_certificate(pem["tls.crt"]), x509.load_pem_x509_certificate(pem["ca.crt"])
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value.get_values_for_type(
+        x509.DNSName)
+    # The name the injection template dials (AMESH_CONTROLLER_ADDRESS) is in it.
+    assert "amesh-controller.istio-system.svc" in names and "amesh-controller.istio-system.svc.cluster.local" in names
+    # The CA reaches the namespaces whose sidecars mount it (a ConfigMap mounts only in its own namespace).
+    maps = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "ConfigMap"}
+    assert set(maps) == {"istio-system", "default", "bookinfo"}
+    assert all(m["metadata"]["name"] == "amesh-controller-ca" and m["data"]["ca.crt"].encode() == pem["ca.crt"]
+               for m in maps.values())
+    pod = deployment["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+    assert volume["secret"]["secretName"] == "amesh-controller-tls"
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "tls")
+    env = _env(deployment)
+    assert env["AMESH_CONTROLLER_TLS_CERT_FILE"] == f"{mount['mountPath']}/tls.crt"
+    assert env["AMESH_CONTROLLER_TLS_KEY_FILE"] == f"{mount['mountPath']}/tls.key"
+    assert env["AMESH_CONTROLLER_TOKEN_AUDIENCES"] == "amesh-controller"
+    assert env["AMESH_CONTROLLER_ALLOWED_PLUGINS"] == "*" and "AMESH_CONTROLLER_INSECURE_PLAINTEXT" not in env
+
+    # The rendered files are what the controller serves the stream with over real TLS, and what an agent
+    # dialling the injected address verifies it against.
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        (tmp_path / name).write_bytes(pem[name])
+    assert _stream_with(tmp_path) == ["response-rewrite"]
+
+
+def _stream_with(directory) -> list[str]:
+    import asyncio
+
+    from amesh_common.plugin_model import PluginSet
+    from sidecar_agent.plugins.client import StreamSecurity
+    from tests.controller import pki
+    from tests.controller.fake_api import FakeApi, service_account_review
+    from tests.controller.test_stream import POD, Side, client_for, plugin_set
+    from tests.agent.waiting import eventually
+
+    api = FakeApi()
+    api.reviews["web-1-token"] = service_account_review(*POD)
+
+    async def main() -> list[str]:
+        side = Side(api, pki.Files(directory / "ca.crt", directory / "tls.crt", directory / "tls.key"))
+        side.sets[POD] = plugin_set("1")
+        await side.start()
+        received: list[PluginSet] = []
+        security = StreamSecurity(ca_file=directory / "ca.crt", server_name="amesh-controller.istio-system.svc")
+        client = client_for(side.port, "web-1-token", received, security=security)
+        task = asyncio.create_task(client.run())
+        try:
+            await eventually(lambda: received or client.attempts > 3, timeout=15, what="the set")
+            return [p.name for s in received[:1] for p in s.plugins] or [client.last_error]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await side.stop()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        api.close()
+
+
+def test_controller_chart_options_reach_the_controller():
+    deployment, docs = _controller({"allowedPlugins": ["response-rewrite", "serverless-pre-function"],
+                                    "tokenAudience": "my-audience"})
+    env = _env(deployment)
+    assert env["AMESH_CONTROLLER_ALLOWED_PLUGINS"] == "response-rewrite,serverless-pre-function"
+    assert env["AMESH_CONTROLLER_TOKEN_AUDIENCES"] == "my-audience"
+    deployment, docs = _controller({"insecurePlaintext": True})
+    env = _env(deployment)
+    assert env["AMESH_CONTROLLER_INSECURE_PLAINTEXT"] == "true" and "AMESH_CONTROLLER_TLS_CERT_FILE" not in env
+    assert not {d["kind"] for d in docs} & {"Secret", "ConfigMap"}
+    assert "volumes" not in deployment["spec"]["template"]["spec"]
+
+
+def test_controller_chart_with_cert_manager():
+    with pytest.raises(helm.HelmRenderError, match="issuerRef.name"):
+        render(CONTROLLER_CHART, {"tls": {"mode": "certManager"}}, "amesh-controller")
+    docs = render(CONTROLLER_CHART, {"tls": {"mode": "certManager", "certManager": {
+        "issuerRef": {"name": "mesh-ca", "kind": "ClusterIssuer"}, "trustManagerBundle": True}}}, "amesh-controller")
+    certificate = next(d for d in docs if d["kind"] == "Certificate")
+    assert certificate["spec"]["secretName"] == "amesh-controller-tls"
+    assert "amesh-controller.istio-system.svc" in certificate["spec"]["dnsNames"]
+    assert certificate["spec"]["issuerRef"]["name"] == "mesh-ca"
+    bundle = next(d for d in docs if d["kind"] == "Bundle")
+    assert bundle["metadata"]["name"] == "amesh-controller-ca"
+    assert bundle["spec"]["target"]["configMap"]["key"] == "ca.crt"
+    assert not {d["kind"] for d in docs} & {"Secret", "ConfigMap"}  # cert-manager and trust-manager write them
+    with pytest.raises(helm.HelmRenderError, match="tls.mode"):
+        render(CONTROLLER_CHART, {"tls": {"mode": "nope"}}, "amesh-controller")
