@@ -1,6 +1,6 @@
 """APISIX at 10,000 services (issue 12): the real APISIX 3.18 loading the agent's document.
 
-    sudo .venv/bin/python benchmarks/apisix_scale.py [--services 1000,10000] [--modes file,api,file-json]
+    sudo .venv/bin/python benchmarks/apisix_scale.py [--services 1000,10000] [--modes file,api,file-yaml]
         [--variants as-is,shared-regex,no-regex,no-hosts] [--changes 3] [--standalone-dict-mb 256] [--json]
 
 Needs root (network namespaces), /usr/local/apisix and `ip netns`. For each size, the synthetic mesh of
@@ -33,8 +33,8 @@ Figures:
 * variants: ``as-is`` the agent's document; ``shared-regex`` one ``http_host`` regex per port instead of one per
   service, only on routes where that means the same (see ``variant``); ``no-regex`` without the host regex
   and ``no-hosts`` without ``hosts`` (both diagnostic: not the same routing).
-* modes: ``api``, ``file`` (the agent's apisix.yaml) and ``file-json`` (data_plane with
-  ``config_provider: json`` reading conf/apisix.json: not what the agent renders; for comparison).
+* modes: ``api``, ``file`` (the agent's conf/apisix.json, ``config_provider: json``) and ``file-yaml``
+  (``config_provider: yaml`` reading conf/apisix.yaml, what the agent wrote before; for comparison).
   ``--standalone-dict-mb`` sizes API mode's ``standalone-config`` shared dict (the agent renders APISIX's 10m,
   too small for 10,000 services: the PUT then answers 500).
 
@@ -372,11 +372,8 @@ def run_one(mode: str, n: int, variant_name: str, base: dict, dp, args) -> dict:
             previous = encoded
             payloads.append((encoded.body, encoded.digest))
         result["body_mb"] = round(len(payloads[0][0]) / 1e6, 1)
-    elif mode == "file-json":
-        payloads = [json.dumps(d, separators=(",", ":"), ensure_ascii=False) for d in documents]
-        result["body_mb"] = round(len(payloads[0].encode()) / 1e6, 1)
     else:
-        payloads = [render_file(d) for d in documents]
+        payloads = [render_file(d, "yaml" if mode == "file-yaml" else "json") for d in documents]
         result["body_mb"] = round(len(payloads[0].encode()) / 1e6, 1)
     result["serialise_s"] = round((time.perf_counter() - started) / len(documents), 2)
     del documents
@@ -384,8 +381,8 @@ def run_one(mode: str, n: int, variant_name: str, base: dict, dp, args) -> dict:
 
     config_yaml = apisix_config.render_yaml(settings, dp)
     conf = yaml.safe_load(config_yaml)
-    if mode == "file-json":  # not what the agent renders: data_plane reading conf/apisix.json (cjson)
-        conf["deployment"]["role_data_plane"]["config_provider"] = "json"
+    if mode == "file-yaml":  # not what the agent renders any more: data_plane reading conf/apisix.yaml (lyaml)
+        conf["deployment"]["role_data_plane"]["config_provider"] = "yaml"
     if args.standalone_dict_mb and mode == "api":  # not what the agent renders (APISIX's default: 10m)
         meta = conf.setdefault("nginx_config", {}).setdefault("meta", {})
         meta.setdefault("lua_shared_dict", {})["standalone-config"] = f"{args.standalone_dict_mb}m"
@@ -409,8 +406,8 @@ def run_one(mode: str, n: int, variant_name: str, base: dict, dp, args) -> dict:
                     raise RuntimeError(f"PUT answered {status}: {text}")
                 return t0, time.monotonic() - t0
             # file mode: sink/file.py's write (atomic rename; a later second than the last write)
-            if mode == "file-json" and apisix.sink.path.name != "apisix.json":
-                apisix.sink = FileSink(apisix.prefix / "conf" / "apisix.json")
+            if mode == "file-yaml" and apisix.sink.path.name != "apisix.yaml":
+                apisix.sink = FileSink(apisix.prefix / "conf" / "apisix.yaml")
             apisix.sink.last_mtime_ns = apisix.sink.last_mtime_ns or time.time_ns()
             from sidecar_agent.sink.file import wait_before_write
             delay = wait_before_write(apisix.sink.last_mtime_ns, time.time_ns())
@@ -485,8 +482,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--services", default="1000,10000", help="mesh sizes, comma-separated")
     ap.add_argument("--modes", default="file,api",
-                    help="file (the agent's apisix.yaml), api (PUT /apisix/admin/configs), file-json (not the "
-                         "agent's: config_provider json, conf/apisix.json; for comparison)")
+                    help="file (the agent's conf/apisix.json), api (PUT /apisix/admin/configs), file-yaml (the "
+                         "YAML provider the agent used before: conf/apisix.yaml; for comparison)")
     ap.add_argument("--variants", default="as-is",
                     help="as-is (the agent's document), shared-regex, no-regex, no-hosts (comma-separated)")
     ap.add_argument("--changes", type=int, default=3, help="one-route changes timed per run")

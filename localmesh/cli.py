@@ -31,7 +31,7 @@ def main() -> None:
 @main.command()
 @_workdir
 @click.option("--apisix-mode", type=click.Choice(["file", "api"]), default="file", show_default=True,
-              help="How the agents configure APISIX: conf/apisix.yaml, or the Admin API (standalone).")
+              help="How the agents configure APISIX: conf/apisix.json, or the Admin API (standalone).")
 @click.option("--istiod", "istiod_path", type=click.Path(dir_okay=False, path_type=Path),
               help="pilot-discovery (or its release tarball); default: ../shared/peers/istiod.")
 @click.option("--apisix-home", type=click.Path(file_okay=False, path_type=Path),

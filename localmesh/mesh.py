@@ -389,7 +389,7 @@ def _objects(files: list[Path]) -> list[dict]:
     return out
 
 
-def apply(workdir: Path, files: list[Path], timeout: float = 15.0) -> list[str]:
+def apply(workdir: Path, files: list[Path], timeout: float = 30.0) -> list[str]:
     """Write the files' objects into istiod's config directory and wait for istiod's verdict, then until
     every sidecar serves the result. istiod validates the whole directory on reload (as its admission
     webhook would) and keeps its previous state when any object is invalid; then the objects are taken
@@ -421,7 +421,7 @@ def apply(workdir: Path, files: list[Path], timeout: float = 15.0) -> list[str]:
     return [str(t) for t in staged]
 
 
-def delete(workdir: Path, files: list[Path], timeout: float = 15.0) -> list[str]:
+def delete(workdir: Path, files: list[Path], timeout: float = 30.0) -> list[str]:
     """Remove the objects the files name (as kubectl delete -f) and wait until the sidecars serve the result."""
     require_root()
     workdir = workdir.resolve()
@@ -439,10 +439,10 @@ def delete(workdir: Path, files: list[Path], timeout: float = 15.0) -> list[str]
     return [str(t) for t in present]
 
 
-APISIX_POLL_SECONDS = 1.2  # file mode: APISIX re-reads apisix.yaml every second; API mode: stream routes too
+APISIX_POLL_SECONDS = 1.2  # file mode: APISIX re-reads apisix.json every second; API mode: stream routes too
 
 
-def wait_converged(workdir: Path, state: dict, since: float, timeout: float = 15.0) -> None:
+def wait_converged(workdir: Path, state: dict, since: float, timeout: float = 30.0) -> None:
     """Wait until istiod has pushed to every sidecar after `since` (wall clock), every sidecar ACKed it,
     and every agent has handed the resulting document to its APISIX; then one APISIX poll period."""
     deadline = time.monotonic() + timeout

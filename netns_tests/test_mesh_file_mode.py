@@ -1,5 +1,5 @@
 """End to end on the real pair: istiod 1.29 (pilot-discovery) + APISIX 3.18 sidecars in file mode
-(conf/apisix.yaml, the agent's default). One test per Bookinfo traffic-management task, then the data path
+(conf/apisix.json, the agent's default). One test per Bookinfo traffic-management task, then the data path
 (inbound source address, TCP, passthrough, keep-alive, h2c, WebSocket) and the failures (a change under
 traffic, istiod down, APISIX killed)."""
 

@@ -44,7 +44,7 @@ class AgentConfig:
     apisix_admin_url: str | None = None
     apisix_admin_key: str | None = None
     apisix_prefix: Path = Path("/usr/local/apisix")
-    apisix_config_file: Path | None = None  # file mode: defaults to <prefix>/conf/apisix.yaml
+    apisix_config_file: Path | None = None  # file mode: defaults to <prefix>/conf/apisix.json
     apisix_metrics_url: str | None = None
     no_apisix: bool = False
     listen_host: str = "0.0.0.0"  # status and metrics ports (kubelet and Prometheus reach them)
@@ -88,7 +88,7 @@ class AgentConfig:
         return out
 
 
-FILE_POLL_SECONDS = 1.5  # APISIX re-reads apisix.yaml / the pushed stream routes once a second
+FILE_POLL_SECONDS = 1.5  # APISIX re-reads apisix.json / the pushed stream routes once a second
 
 
 def _listening(host: str, port: int) -> bool:
@@ -145,7 +145,7 @@ class Agent:
         if cfg.apisix_mode is apisix_config.Mode.API:
             sink = AdminApiSink(cfg.apisix_admin_url or apisix_config.admin_url(self.apisix_settings), key)
         else:
-            sink = FileSink(cfg.apisix_config_file or cfg.apisix_prefix / "conf" / "apisix.yaml")
+            sink = FileSink(cfg.apisix_config_file or cfg.apisix_prefix / "conf" / "apisix.json")
         self.apisix_metrics_url = cfg.apisix_metrics_url or (
             None if cfg.no_apisix else apisix_config.prometheus_url(self.apisix_settings)
         )
@@ -204,7 +204,7 @@ class Agent:
 
     def _apisix_not_serving(self) -> str | None:
         """The APISIX this agent runs must be up, listening, and have taken the first complete document: in
-        file mode its workers load conf/apisix.yaml when they start and then poll it once a second; in API mode
+        file mode its workers load conf/apisix.json when they start and then poll it once a second; in API mode
         HTTP routes apply at once but the stream subsystem (the capture ports) polls the pushed configuration
         once a second (measured on APISIX 3.18)."""
         supervisor = self.supervisor
@@ -214,7 +214,7 @@ class Agent:
             return "APISIX is starting (its listeners are not open yet)"
         if not supervisor.current:
             return "APISIX is reloading for the listeners the configuration needs"
-        if supervisor.started_at is not None:  # file mode: workers poll apisix.yaml; API mode: stream polls
+        if supervisor.started_at is not None:  # file mode: workers poll apisix.json; API mode: stream polls
             delivered = self.pusher.complete_at or 0.0
             if supervisor.started_at < delivered and time.monotonic() < delivered + FILE_POLL_SECONDS:
                 return "APISIX is loading the configuration file"

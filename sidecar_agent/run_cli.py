@@ -121,14 +121,14 @@ _option = functools.partial(click.option, show_envvar=True)  # --help names each
               help="SPIFFE trust domain of the identity the CSR asks for.")
 @_option("--apisix-mode", envvar="AMESH_APISIX_MODE", type=click.Choice(["api", "file"]),
               default="file", show_default=True,
-              help="file: conf/apisix.yaml, polled by APISIX once a second; api: PUT /apisix/admin/configs "
+              help="file: conf/apisix.json, polled by APISIX once a second; api: PUT /apisix/admin/configs "
                    "(API-driven standalone: HTTP routes apply at once, stream routes within a second).")
 @_option("--apisix-admin-url", envvar="AMESH_APISIX_ADMIN_URL", default=None,
               help="Default: the Admin API of the APISIX this agent starts (127.0.0.1:9180).")
 @_option("--apisix-admin-key", envvar="AMESH_APISIX_ADMIN_KEY", default=None,
               help="Default: a random key per start, written into APISIX's config.yaml.")
 @_option("--apisix-config-file", envvar="AMESH_APISIX_CONFIG_FILE", type=click.Path(path_type=Path),
-              default=None, help="File mode: the apisix.yaml to write (default <prefix>/conf/apisix.yaml).")
+              default=None, help="File mode: the file to write (default <prefix>/conf/apisix.json; a .yaml path gets YAML).")
 @_option("--apisix-prefix", envvar="AMESH_APISIX_PREFIX", type=click.Path(path_type=Path),
               default="/usr/local/apisix", show_default=True)
 @_option("--apisix-metrics-url", envvar="AMESH_APISIX_METRICS_URL", default=None,

@@ -2,7 +2,7 @@
 
 `Apisix` runs one instance in a private prefix (apisix/ and deps/ symlinked, conf/ copied) inside a
 network namespace, with the `conf/config.yaml` the agent renders (`config.render_yaml`), in file
-mode (`conf/apisix.yaml`, `load()`) or API-driven standalone mode (the Admin API on 127.0.0.1:9180
+mode (`conf/apisix.json`, `load()`) or API-driven standalone mode (the Admin API on 127.0.0.1:9180
 of the namespace). It runs as the capture-exempt UID/GID 1337 through `setpriv` (so in a captured
 pod its upstream connections are not captured again; nginx ignores the `user` directive then), is
 stopped by PID (SIGQUIT, then SIGKILL) and its prefix removed.
@@ -312,16 +312,18 @@ class Apisix:
         (../shared/peers/apisix/README.md "What fails")."""
         known = ("rediscluster.lua", "setrlimit", "resty.ksuid", "resty.luasocket.http",
                  # API mode: a stream connection before the first PUT (the readiness probe)
-                 "config_util.lua:34")
+                 "config_util.lua:34",
+                 # the start-up probe of the Prometheus port, in the second before the exporter has data
+                 "Failed to retrieve cached metrics")
         return [line for line in self.log().splitlines()
                 if ("[error]" in line or "[emerg]" in line or "[crit]" in line) and not any(k in line for k in known)]
 
     # -- configuration -------------------------------------------------------------------------------
     def write_document(self, document: dict) -> None:
-        """File mode: write conf/apisix.yaml as the agent does (sink/file.py: atomically, and never
+        """File mode: write conf/apisix.json as the agent does (sink/file.py: atomically, and never
         twice within one second, since APISIX notices a new file by its mtime in seconds)."""
         if self.sink is None:
-            self.sink = FileSink(self.prefix / "conf" / "apisix.yaml")
+            self.sink = FileSink(self.prefix / "conf" / "apisix.json")
         asyncio.run(self.sink.push(document))
 
     def load(self, document: dict, probe=None, timeout: float = 10.0) -> None:

@@ -2,7 +2,7 @@
 
 What the sidecar needs from it (apisix-facts.md): the capture listeners 15001 (outbound) and 15006
 (inbound) instead of 9080; the Admin API on 127.0.0.1 only, with a random per-pod key; the
-configuration source (API-driven standalone, or the apisix.yaml file); Prometheus export on
+configuration source (API-driven standalone, or the apisix.json file); Prometheus export on
 loopback; nginx workers running as the UID/GID the capture rules exempt (or every upstream
 connection loops back into the proxy); an open-file limit the pod actually allows. The data path
 (apisix/datapath.py: stream front on 15001/15006, internal HTTP listeners, the Lua hook and the
@@ -24,7 +24,7 @@ from sidecar_agent.apisix import datapath
 
 class Mode(enum.Enum):
     API = "api"  # deployment.role traditional + config_provider yaml: PUT /apisix/admin/configs
-    FILE = "file"  # deployment.role data_plane + config_provider yaml: conf/apisix.yaml
+    FILE = "file"  # deployment.role data_plane + config_provider json: conf/apisix.json
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,8 @@ def render(settings: ApisixSettings, data_path: datapath.DataPathSettings | None
             },
         }
     else:
-        deployment = {"role": "data_plane", "role_data_plane": {"config_provider": "yaml"}}
+        # conf/apisix.json: APISIX parses it ~10x faster than apisix.yaml (sink/file.py)
+        deployment = {"role": "data_plane", "role_data_plane": {"config_provider": "json"}}
     base = {
         "apisix": {
             # h2c with prior knowledge and HTTP/1.1 on every listener; APISIX ≥ 3.9 refuses the per-port key

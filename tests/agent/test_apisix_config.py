@@ -57,7 +57,7 @@ def test_what_the_sidecar_needs():
     low = render(CASES["low-nofile"])["nginx_config"]
     assert low["worker_rlimit_nofile"] == 4096 and low["event"]["worker_connections"] == 2048
     file = render(CASES["file-mode"])
-    assert file["deployment"] == {"role": "data_plane", "role_data_plane": {"config_provider": "yaml"}}
+    assert file["deployment"] == {"role": "data_plane", "role_data_plane": {"config_provider": "json"}}
     assert file["apisix"]["enable_admin"] is False
     assert yaml.safe_load(render_yaml(CASES["api-mode"])) == api
 

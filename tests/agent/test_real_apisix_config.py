@@ -2,7 +2,7 @@
 `apisix init` accepts it in both modes, every listener it names comes up (capture ports as stream,
 internal HTTP listeners, Admin API in API mode, Prometheus, nothing else), nothing unexpected is
 logged, and a route keyed on the hook's variables serves on an internal listener and through a
-stream route on the capture port, pushed the agent's way (Admin API sink or apisix.yaml)."""
+stream route on the capture port, pushed the agent's way (Admin API sink or apisix.json)."""
 
 from __future__ import annotations
 
