@@ -51,3 +51,19 @@ def mesh_up(apisix_mode: str):
     finally:
         mesh_mod.down(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    """A file-mode mesh for the module (test_mesh_api_mode.py overrides it with an API-mode one)."""
+    yield from mesh_up("file")
+
+
+@pytest.fixture
+def clean(mesh):
+    """The mesh with every Bookinfo service routed to v1 before and after the test (tasks.reset)."""
+    from localmesh import tasks
+
+    tasks.reset(mesh)
+    yield mesh
+    tasks.reset(mesh)

@@ -14,18 +14,8 @@ from collections import Counter
 import pytest
 
 from localmesh import client, mesh as mesh_mod, requests as req, tasks
-from netns_tests.meshfixture import mesh_up
+from netns_tests.meshfixture import clean, mesh  # noqa: F401 (fixtures)
 
-@pytest.fixture(scope="module")
-def mesh():
-    yield from mesh_up("file")
-
-
-@pytest.fixture
-def clean(mesh):
-    tasks.reset(mesh)
-    yield mesh
-    tasks.reset(mesh)
 
 
 def assert_outcomes(outcomes):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from localmesh import client, mesh as mesh_mod, requests as req, tasks
-from netns_tests.meshfixture import mesh_up
+from netns_tests.meshfixture import clean, mesh  # noqa: F401 (fixtures)
 
 HEAD = "apiVersion: security.istio.io/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: default}}\nspec:\n"
 DENY_ADMIN = HEAD.format(kind="AuthorizationPolicy", name="reviews-deny-admin") + (
@@ -29,16 +29,6 @@ STRICT = HEAD.format(kind="PeerAuthentication", name="reviews-strict") + (
 REVIEWS = "http://reviews:9080"
 
 
-@pytest.fixture(scope="module")
-def mesh():
-    yield from mesh_up("file")
-
-
-@pytest.fixture
-def clean(mesh):
-    tasks.reset(mesh)
-    yield mesh
-    tasks.reset(mesh)
 
 
 def _file(tmp_path: Path, name: str, text: str) -> Path:

@@ -28,18 +28,8 @@ local tonumber = tonumber
 local type = type
 local ipairs = ipairs
 
-local function load_schema()
-    local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
-    local file, err = io.open(here .. "amesh-rbac.schema.json")
-    if not file then
-        error("amesh-rbac: cannot read its schema: " .. tostring(err))
-    end
-    local text = file:read("*a")
-    file:close()
-    return core.json.decode(text)
-end
-
-local schema = load_schema()
+-- its schema is the JSON file beside this one (amesh/plugin_schema.lua)
+local schema = require("amesh.plugin_schema").load(debug.getinfo(1, "S").source, plugin_name)
 
 local _M = {
     version = 0.1,
