@@ -89,6 +89,7 @@ class AgentConfig:
 
 
 FILE_POLL_SECONDS = 1.5  # APISIX re-reads apisix.json / the pushed stream routes once a second
+CERT_DIR = "istio"  # under <APISIX prefix>/conf: the workload certificate APISIX presents (lua/amesh/mtls.lua)
 
 
 def _listening(host: str, port: int) -> bool:
@@ -153,7 +154,8 @@ class Agent:
         # The data path: what config.yaml must listen on follows what the held listeners serve.
         self.data_path_base = datapath.DataPathSettings(
             outbound_port=self.apisix_settings.outbound_port, inbound_port=self.apisix_settings.inbound_port,
-            proxy_user=self.apisix_settings.worker_user, proxy_group=self.apisix_settings.worker_group)
+            proxy_user=self.apisix_settings.worker_user, proxy_group=self.apisix_settings.worker_group,
+            mtls_dir=str(cfg.apisix_prefix / "conf" / CERT_DIR) if cfg.ca_address else None)
         self.data_path: datapath.DataPathSettings | None = None  # what the written config.yaml serves
         self.pod_ips = tuple(ip for ip in str(self.identity.metadata.get("INSTANCE_IPS", "")).split(",") if ip)
         self.pipeline = Pipeline(self.pusher, self.metrics, check=default_check(cfg.schema_dir),
@@ -183,7 +185,7 @@ class Agent:
             self.certs = workload.WorkloadCertificates(workload.settings_from(
                 self.env, ca_address=cfg.ca_address, root_cert=cfg.ca_root_cert, token=cfg.token,
                 server_name=cfg.xds_server_name, trust_domain=cfg.trust_domain,
-                out_dir=cfg.apisix_prefix / "conf" / "istio"))
+                out_dir=cfg.apisix_prefix / "conf" / CERT_DIR))
         self.supervisor: Supervisor | None = None
         if not cfg.no_apisix:
             prometheus = self.apisix_settings.prometheus_port

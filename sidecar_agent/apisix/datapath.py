@@ -63,6 +63,10 @@ class DataPathSettings:
     # Translator takes it from the settings it is given)
     mirror_port: int = DEFAULT_MIRROR_PORT
     lua_dir: str = field(default=str(LUA_DIR))
+    # the workload certificate's directory (cert-chain.pem, key.pem, root-cert.pem; the agent keeps it
+    # current): upstreams labelled `amesh.tls: istio-mutual` present it and verify the server's
+    # identity (lua/amesh/mtls.lua). None: no workload certificate (no CA configured).
+    mtls_dir: str | None = None
     # (direction, original port, internal port) kept from the previous settings (settings_for): a port
     # already served keeps its listener when others come and go, so nothing is misrouted while a new
     # config.yaml and the document that needs it are applied one after the other.
@@ -199,7 +203,7 @@ def fragment(settings: DataPathSettings) -> dict[str, Any]:
                     "    map $http_upgrade $amesh_client_connection {\n"
                     "        default \"\";\n"
                     "        \"~.\" \"upgrade\";\n"
-                    "    }")
+                    "    }" + _mtls_http(s))
     return {
         "apisix": {
             "node_listen": node_listen,
@@ -222,7 +226,8 @@ def fragment(settings: DataPathSettings) -> dict[str, Any]:
             "http_server_location_configuration_snippet": "proxy_bind $amesh_upstream_bind;\n"
                                                           "            proxy_next_upstream error;\n"
                                                           "            more_set_input_headers "
-                                                          "\"Connection: $amesh_client_connection\";",
+                                                          "\"Connection: $amesh_client_connection\";"
+                                                          + _mtls_location(s),
             # stream: the ngx variable $server_port is the capture port (the hook overrides only
             # APISIX's view), so connections accepted on 15006 leave from Istio's inbound source.
             # APISIX has no stream *server* snippet: proxy_bind at stream level is inherited by its servers.
@@ -242,9 +247,33 @@ def fragment(settings: DataPathSettings) -> dict[str, Any]:
                                                           key=lambda kv: kv[1])},
                 "inbound_port": s.inbound_port,
                 "outbound_port": s.outbound_port,
+                **({"mtls_dir": s.mtls_dir} if s.mtls_dir else {}),
             }
         },
     }
+
+
+def _mtls_http(s: DataPathSettings) -> str:
+    """The upstream SNI: Istio's for an mTLS upstream (amesh.mtls sets $amesh_sni), else APISIX's
+    own (the final $upstream_host, read when the connection is made)."""
+    if not s.mtls_dir:
+        return ""
+    return ("\n    map $amesh_sni $amesh_ssl_name {\n"
+            "        \"\" $upstream_host;\n"
+            "        default $amesh_sni;\n"
+            "    }")
+
+
+def _mtls_location(s: DataPathSettings) -> str:
+    """Istio mTLS upstreams (lua/amesh/mtls.lua): nginx's verification on, so the Lua verdict runs on
+    every upstream handshake (the hook turns nginx's host-name check off per request: Istio certificates
+    carry no DNS name), and the SNI Istio sends (`amesh.sni`) instead of the Host header."""
+    if not s.mtls_dir:
+        return ""
+    return ("\n            set $amesh_sni \"\";"
+            "\n            proxy_ssl_name $amesh_ssl_name;"
+            "\n            proxy_ssl_verify on;"
+            "\n            proxy_ssl_verify_by_lua_block { require(\"amesh.mtls\").verify() }")
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

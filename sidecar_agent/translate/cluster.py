@@ -163,46 +163,68 @@ def _circuit_breakers(cluster, cov: Coverage) -> None:
 def _tls(cluster, body: dict, labels: dict, cov: Coverage) -> bool:
     """Mark upstream TLS; True when TLS depends on the endpoints' tlsMode (Istio auto-mTLS)."""
     if cluster.HasField("transport_socket"):
-        mode, sni = _tls_socket(cluster.transport_socket, cov, "transport_socket")
+        mode = _tls_socket(cluster.transport_socket, labels, cov, "transport_socket")
         if mode:
             body["scheme"] = "https"
             labels["amesh.tls"] = mode
-            if sni and _LABEL_VALUE.match(sni):
-                labels["amesh.sni"] = sni
         return False
     auto = False
     for match in cluster.transport_socket_matches:
         fields = match.match.fields
         if "tlsMode" in fields and fields["tlsMode"].string_value == "istio":
-            mode, sni = _tls_socket(match.transport_socket, cov, "transport_socket_matches.transport_socket")
-            if mode:
+            if _tls_socket(match.transport_socket, labels, cov, "transport_socket_matches.transport_socket"):
                 auto = True
-                if sni and _LABEL_VALUE.match(sni):
-                    labels["amesh.sni"] = sni
         elif fields:
             cov.add(f"transport_socket_matches[{match.name}]")
     return auto
 
 
-def _tls_socket(socket, cov: Coverage, path: str) -> tuple[str | None, str | None]:
+def _tls_socket(socket, labels: dict, cov: Coverage, path: str) -> str | None:
+    """The TLS mode of an upstream transport socket (None: plaintext); its SNI into `amesh.sni` and, for
+    Istio mutual TLS, the server identities to verify into `amesh.san` (lua/amesh/mtls.lua)."""
     if socket.name in ("envoy.transport_sockets.raw_buffer", "raw_buffer") or not socket.name:
-        return None, None
+        return None
     if socket.name != types.TLS_TRANSPORT_SOCKET and not socket.typed_config.type_url.endswith("UpstreamTlsContext"):
         cov.add(f"{path}[{socket.name}]")
-        return None, None
+        return None
     from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
     ctx = tls_pb2.UpstreamTlsContext()
     socket.typed_config.Unpack(ctx)
+    if ctx.sni and _LABEL_VALUE.match(ctx.sni):
+        labels["amesh.sni"] = ctx.sni
     common = ctx.common_tls_context
     cert_names = [s.name for s in common.tls_certificate_sds_secret_configs]
     ca = common.combined_validation_context.validation_context_sds_secret_config.name
     if "default" in cert_names and ca == "ROOTCA":
-        return "istio-mutual", ctx.sni
+        sans = _subject_alt_names(common.combined_validation_context.default_validation_context, cov, path)
+        if sans is not None:
+            labels["amesh.san"] = sans
+        return "istio-mutual"
     if common.tls_certificates or cert_names:
         cov.add(f"{path}[client certificate of a non-Istio TLS origination]")
-        return "mutual", ctx.sni
-    return "simple", ctx.sni
+        return "mutual"
+    return "simple"
+
+
+# A label value that no certificate's URI SAN equals: identities that cannot be carried are refused.
+_NO_IDENTITY = "amesh:unverifiable-identity"
+
+
+def _subject_alt_names(validation, cov: Coverage, path: str) -> str | None:
+    """`match_subject_alt_names` (Istio: exact SPIFFE ids) as one comma-separated label; None = any
+    identity the mesh root signed (Envoy's behaviour without the list). Other matchers, or a list longer
+    than a label holds, cannot be verified: the upstream refuses every server (reported, denied)."""
+    matchers = validation.match_subject_alt_names
+    if not matchers:
+        return None
+    exact = [m.exact for m in matchers if m.WhichOneof("match_pattern") == "exact"]
+    joined = ",".join(exact)
+    if len(exact) != len(matchers) or not _LABEL_VALUE.match(joined) or any("," in e for e in exact):
+        cov.deny(f"{path}.common_tls_context.combined_validation_context.default_validation_context."
+                 "match_subject_alt_names[not exact ids within 256 characters: every server refused]")
+        return _NO_IDENTITY
+    return joined
 
 
 def _protocol(cluster, body: dict, cov: Coverage) -> None:

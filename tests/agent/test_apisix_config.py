@@ -18,12 +18,15 @@ CASES = {
     "api-mode": ApisixSettings(admin_key=KEY),
     "file-mode": ApisixSettings(admin_key=KEY, mode=Mode.FILE),
     "low-nofile": ApisixSettings(admin_key=KEY, nofile_limit=4096, worker_processes=1),
+    "mtls": ApisixSettings(admin_key=KEY, mode=Mode.FILE),
 }
 DATA_PATHS = {
     "api-mode": datapath.DataPathSettings(lua_dir=LUA),
     "file-mode": datapath.DataPathSettings(ipv6=True, outbound_http_ports=(80, 9080), inbound_http_ports=(9080,),
                                            lua_dir=LUA),
     "low-nofile": datapath.DataPathSettings(lua_dir=LUA),
+    # a CA is configured: the workload certificate's directory turns on Istio mTLS upstreams
+    "mtls": datapath.DataPathSettings(outbound_http_ports=(9080,), lua_dir=LUA, mtls_dir="/etc/apisix/conf/istio"),
 }
 
 
@@ -105,3 +108,16 @@ def test_keys_are_random_per_pod():
 def test_bad_settings_are_named(change, message):
     with pytest.raises(ValueError, match=message):
         ApisixSettings(**{"admin_key": KEY, **change})
+
+
+def test_mtls_upstreams_only_with_a_workload_certificate():
+    """Without a CA nothing of amesh.mtls is in the file (upstream TLS stays APISIX's own); with one, the
+    Lua verdict runs on every upstream handshake and the SNI follows $amesh_sni."""
+    plain = render_yaml(CASES["file-mode"], DATA_PATHS["file-mode"])
+    assert "amesh.mtls" not in plain and "proxy_ssl_verify" not in plain and "mtls_dir" not in plain
+    conf = render(CASES["mtls"], DATA_PATHS["mtls"])
+    location = conf["nginx_config"]["http_server_location_configuration_snippet"]
+    assert "proxy_ssl_verify on;" in location and 'require("amesh.mtls").verify()' in location
+    assert "proxy_ssl_name $amesh_ssl_name;" in location
+    assert "map $amesh_sni $amesh_ssl_name" in conf["nginx_config"]["http_configuration_snippet"]
+    assert conf["plugin_attr"]["amesh"]["mtls_dir"] == "/etc/apisix/conf/istio"

@@ -68,3 +68,17 @@ if subsystem == "stream" then
         return addr and port or nil -- on failure the second value is the reason, not a port
     end)
 end
+
+-- Istio mutual TLS upstream (amesh.mtls): once APISIX's access phase has picked the upstream, the
+-- workload certificate and the mesh root for it. nginx.conf calls apisix.http_access_phase through
+-- this very module table, so the wrapper is what runs.
+if subsystem == "http" and attr.mtls_dir then
+    local mtls = require("amesh.mtls")
+    mtls.configure(attr.mtls_dir)
+    local apisix = require("apisix")
+    local access_phase = apisix.http_access_phase
+    apisix.http_access_phase = function(...)
+        access_phase(...)
+        mtls.after_access()
+    end
+end

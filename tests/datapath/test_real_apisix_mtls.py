@@ -1,0 +1,241 @@
+"""Istio mutual TLS towards upstreams (sidecar_agent/lua/amesh/mtls.lua) on a real APISIX 3.18.
+
+APISIX runs with the agent's config.yaml (`mtls_dir` set: the workload certificate's files, written by
+the agent's own `workload.write_files`, owned by UID 1337 like the APISIX workers). The servers are what
+an Envoy sidecar's inbound mTLS chain is to a client: TLS that requires a client certificate signed by
+the mesh root and presents the server workload's certificate (URI SAN = its SPIFFE id). They record the
+client's identity and the SNI they were sent. A second, unrelated CA issues the forged certificates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import ssl
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from sidecar_agent.apisix import config as apisix_config
+from sidecar_agent.schema import Schemas
+from sidecar_agent.schemas import APISIX_SCHEMA_DIR
+from sidecar_agent.security import certs, workload
+from tests import realapisix
+from tests.agent import istiod_ca
+
+TRUST = "spiffe://cluster.local/ns/default/sa/"
+SERVER_ID, CLIENT_ID = TRUST + "reviews", TRUST + "productpage"
+SNI = "outbound_.9080_._.reviews.default.svc.cluster.local"
+MUTUAL = {"amesh.tls": "istio-mutual", "amesh.sni": SNI, "amesh.san": f"{TRUST}other,{SERVER_ID}"}
+# Host -> (server port, upstream labels)
+CASES = {
+    "mesh": (19443, MUTUAL),
+    "forged": (19444, MUTUAL),  # right identity, issued by another CA
+    "impostor": (19445, MUTUAL),  # the mesh's CA, another workload's identity
+    "any-identity": (19445, {"amesh.tls": "istio-mutual"}),  # no SAN list: any workload of the mesh
+    "plain-tls": (19446, {"amesh.tls": "simple"}),  # not Istio mTLS: unverified, as before
+}
+
+
+class Pki:
+    def __init__(self, directory: Path) -> None:
+        istiod_ca.write_ca_dir(directory)
+        self.dir = directory
+        self.inter = x509.load_pem_x509_certificate((directory / "ca-cert.pem").read_bytes())
+        self.inter_key = serialization.load_pem_private_key((directory / "ca-key.pem").read_bytes(), None)
+
+    def leaf(self, spiffe: str) -> tuple[bytes, bytes]:
+        """(chain PEM leaf first, key PEM), as istiod's CA issues them: no subject, one URI SAN."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.inter.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now).not_valid_after(now + dt.timedelta(hours=24))
+                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe)]), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                      ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .sign(self.inter_key, hashes.SHA256()))
+        chain = cert.public_bytes(serialization.Encoding.PEM) + (self.dir / "ca-cert.pem").read_bytes()
+        return chain, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+
+    def issued(self, spiffe: str) -> certs.Issued:
+        chain, key = self.leaf(spiffe)
+        leaf, _, rest = chain.decode().partition("-----END CERTIFICATE-----\n")
+        now = time.time()
+        return certs.Issued((leaf + "-----END CERTIFICATE-----\n", rest), ((self.dir / "root-cert.pem").read_text(),),
+                            key, 1, (spiffe,), now - 60, now + 86400, now)
+
+
+class MtlsServer:
+    """A TLS server in the namespace: requires a client certificate from `client_root`, answers every
+    request with what it saw (client URI SANs, SNI) as JSON and closes."""
+
+    def __init__(self, ns: str, port: int, chain: bytes, key: bytes, client_root: Path | None) -> None:
+        files = Path(tempfile.mkdtemp(prefix="amesh-mtls-server-"))
+        (files / "chain.pem").write_bytes(chain)
+        (files / "key.pem").write_bytes(key)
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(files / "chain.pem", files / "key.pem")
+        if client_root is not None:
+            self.ctx.load_verify_locations(client_root)
+            self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.sni: list[str | None] = []
+        self.ctx.sni_callback = lambda sock, name, ctx: self.sni.append(name)
+        self.seen: list[dict] = []
+        ready = threading.Event()
+        self.listener: socket.socket | None = None
+
+        def listen() -> None:
+            realapisix._enter(ns)
+            self.listener = socket.create_server(("127.0.0.1", port))
+            ready.set()
+            while True:
+                try:
+                    conn, _ = self.listener.accept()
+                except OSError:
+                    return
+                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=listen, daemon=True).start()
+        assert ready.wait(5)
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            tls = self.ctx.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            self.seen.append({"handshake": repr(exc)})
+            conn.close()
+            return
+        with tls:
+            peer = tls.getpeercert() or {}
+            seen = {"client": [v for k, v in peer.get("subjectAltName", ()) if k == "URI"], "sni": self.sni[-1:]}
+            self.seen.append(seen)
+            tls.recv(65536)
+            body = json.dumps(seen).encode()
+            tls.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+
+
+@pytest.fixture(scope="module")
+def world():
+    realapisix.skip_unless_available()
+    base = Path(tempfile.mkdtemp(prefix="amesh-mtls-"))
+    os.chmod(base, 0o755)
+    mesh, forger = Pki(base / "mesh"), Pki(base / "forger")
+    cert_dir = base / "istio"  # what the agent writes under <prefix>/conf/istio
+    workload.write_files(cert_dir, mesh.issued(CLIENT_ID))
+    for path in (cert_dir, *cert_dir.iterdir()):
+        os.chown(path, realapisix.PROXY_UID, realapisix.PROXY_UID)
+    settings, dp = realapisix.settings(apisix_config.Mode.FILE, mtls_dir=str(cert_dir))
+    upstreams, routes = [], []
+    for host, (port, labels) in CASES.items():
+        upstreams.append({"id": f"u-{host}", "type": "roundrobin", "scheme": "https", "labels": labels,
+                          "nodes": [{"host": "127.0.0.1", "port": port, "weight": 1}]})
+        routes.append({"id": f"r-{host}", "uri": "/*", "hosts": [host], "upstream_id": f"u-{host}"})
+    document = {"routes": routes, "upstreams": upstreams}
+    schemas = Schemas(APISIX_SCHEMA_DIR)
+    assert [e for kind, key in (("route", "routes"), ("upstream", "upstreams"))
+            for obj in document[key] for e in schemas.check(kind, obj)] == []
+    servers = []
+    with realapisix.running(apisix_config.render_yaml(settings, dp), document=document) as apisix:
+        try:
+            root = mesh.dir / "root-cert.pem"
+            servers = [MtlsServer(apisix.ns, 19443, *mesh.leaf(SERVER_ID), root),
+                       MtlsServer(apisix.ns, 19444, *forger.leaf(SERVER_ID), root),
+                       MtlsServer(apisix.ns, 19445, *mesh.leaf(TRUST + "ratings"), root),
+                       MtlsServer(apisix.ns, 19446, *forger.leaf("spiffe://elsewhere/x"), None)]
+            yield {"apisix": apisix, "port": apisix.forward(dp.mirror_port), "servers": servers,
+                   "mesh": mesh, "cert_dir": cert_dir}
+        finally:
+            for server in servers:
+                server.close()
+
+
+def get(world, host: str) -> tuple[int, dict | str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{world['port']}/", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def test_istio_mutual_upstream_presents_the_workload_certificate_and_istio_sni(world):
+    status, seen = get(world, "mesh")
+    assert status == 200, seen
+    assert seen == {"client": [CLIENT_ID], "sni": [SNI]}
+
+
+def test_server_certificate_from_another_ca_is_refused(world):
+    status, _ = get(world, "forged")
+    assert status == 502
+    assert any("not issued by the mesh root" in line for line in world["apisix"].errors())
+
+
+def test_server_with_another_identity_is_refused(world):
+    status, _ = get(world, "impostor")
+    assert status == 502
+    assert any(f"upstream identity {TRUST}ratings is not one of" in line for line in world["apisix"].errors())
+
+
+def test_without_subject_alt_names_any_mesh_workload_is_accepted(world):
+    status, seen = get(world, "any-identity")
+    assert status == 200, seen
+    assert seen["client"] == [CLIENT_ID]
+
+
+def test_tls_that_is_not_istio_mutual_stays_unverified_and_anonymous(world):
+    status, seen = get(world, "plain-tls")
+    assert status == 200, seen
+    assert seen["client"] == []
+
+
+def test_rotation_takes_effect_without_reload_and_without_a_failed_request(world):
+    rotated = TRUST + "productpage-rotated"
+    statuses, clients = [], set()
+    deadline = time.monotonic() + 10
+    written = False
+    while time.monotonic() < deadline:
+        if not written and len(statuses) >= 5:
+            workload.write_files(world["cert_dir"], world["mesh"].issued(rotated))
+            for path in world["cert_dir"].iterdir():
+                os.chown(path, realapisix.PROXY_UID, realapisix.PROXY_UID)
+            written = True
+        status, seen = get(world, "mesh")
+        statuses.append(status)
+        if status == 200:
+            clients.update(seen["client"])
+        if rotated in clients:
+            break
+        time.sleep(0.05)
+    assert set(statuses) == {200}
+    assert clients == {CLIENT_ID, rotated}
+
+
+def test_a_rotation_caught_halfway_keeps_the_certificate_in_force(world):
+    """A key that does not belong to the chain (the agent writes key, then chain): the pair in force stays."""
+    before = get(world, "mesh")[1]["client"]
+    _, key = world["mesh"].leaf(TRUST + "half")
+    workload.write_private(world["cert_dir"] / workload.KEY_FILE, key)
+    os.chown(world["cert_dir"] / workload.KEY_FILE, realapisix.PROXY_UID, realapisix.PROXY_UID)
+    time.sleep(1.2)  # the files are re-read at most once a second
+    status, seen = get(world, "mesh")
+    assert (status, seen["client"]) == (200, before)
+    assert "key.pem does not belong to cert-chain.pem" in world["apisix"].log()
+

@@ -1,0 +1,55 @@
+"""Upstream TLS of a Cluster (translate/cluster.py): Istio mutual TLS marks the upstream for the workload
+certificate (lua/amesh/mtls.lua) with the SNI and the server identities istiod names."""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.type.matcher.v3 import string_pb2
+
+from sidecar_agent.translate.cluster import translate_cluster
+
+SNI = "outbound_.9080_._.reviews.default.svc.cluster.local"
+REVIEWS = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
+
+
+def _cluster(*sans: string_pb2.StringMatcher, sds: tuple[str, str] = ("default", "ROOTCA")) -> cluster_pb2.Cluster:
+    ctx = tls_pb2.UpstreamTlsContext(sni=SNI)
+    common = ctx.common_tls_context
+    common.tls_certificate_sds_secret_configs.add(name=sds[0])
+    combined = common.combined_validation_context
+    combined.validation_context_sds_secret_config.name = sds[1]
+    combined.default_validation_context.match_subject_alt_names.extend(sans)
+    cluster = cluster_pb2.Cluster(name="outbound|9080||reviews.default.svc.cluster.local", type=cluster_pb2.Cluster.EDS)
+    cluster.transport_socket.name = "envoy.transport_sockets.tls"
+    cluster.transport_socket.typed_config.Pack(ctx)
+    return cluster
+
+
+def test_istio_mutual_carries_sni_and_identities():
+    part, report = translate_cluster(_cluster(string_pb2.StringMatcher(exact=REVIEWS),
+                                              string_pb2.StringMatcher(exact=REVIEWS + "-canary")))
+    labels = part.body["labels"]
+    assert part.body["scheme"] == "https"
+    assert (labels["amesh.tls"], labels["amesh.sni"]) == ("istio-mutual", SNI)
+    assert labels["amesh.san"] == f"{REVIEWS},{REVIEWS}-canary"
+    assert not [e for e in report if "match_subject_alt_names" in e.field]
+
+
+def test_no_identities_means_any_workload_of_the_mesh():
+    part, _ = translate_cluster(_cluster())
+    assert part.body["labels"]["amesh.tls"] == "istio-mutual" and "amesh.san" not in part.body["labels"]
+
+
+def test_identities_that_cannot_be_checked_refuse_every_server():
+    for sans in ([string_pb2.StringMatcher(prefix="spiffe://cluster.local/")],
+                 [string_pb2.StringMatcher(exact=f"{REVIEWS}-{i:03d}") for i in range(8)]):  # > 256 characters
+        part, report = translate_cluster(_cluster(*sans))
+        assert part.body["labels"]["amesh.san"] == "amesh:unverifiable-identity"
+        denied = [e for e in report if "match_subject_alt_names" in e.field]
+        assert denied and denied[0].effect == "denied"
+
+
+def test_tls_that_is_not_istio_gets_no_identities():
+    part, _ = translate_cluster(_cluster(string_pb2.StringMatcher(exact=REVIEWS), sds=("my-cert", "my-ca")))
+    assert part.body["labels"]["amesh.tls"] == "mutual" and "amesh.san" not in part.body["labels"]
