@@ -18,11 +18,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
-from sidecar_agent.apisix.datapath import PASSTHROUGH_PLUGIN, RBAC_PLUGIN
+from sidecar_agent.apisix.datapath import PASSTHROUGH_PLUGIN, RBAC_PLUGIN, TLS_PLUGIN
 
 # The sidecar's own plugins -> their schema, beside the Lua module.
 OWN_PLUGINS = {name: Path(__file__).resolve().parent / "lua" / "apisix" / "plugins" / f"{name}.schema.json"
-               for name in (PASSTHROUGH_PLUGIN, RBAC_PLUGIN)}
+               for name in (PASSTHROUGH_PLUGIN, RBAC_PLUGIN, TLS_PLUGIN)}
 # Document key -> core schema name.
 KINDS = {"routes": "route", "upstreams": "upstream", "services": "service", "stream_routes": "stream_route",
          "ssls": "ssl", "global_rules": "global_rule", "plugin_configs": "plugin_config", "consumers": "consumer"}

@@ -43,10 +43,13 @@ STREAM_PLUGINS = ("ip-restriction", "limit-conn")  # of APISIX's default stream 
 class Direction(enum.Enum):
     OUTBOUND = "outbound"
     INBOUND = "inbound"
+    INBOUND_TLS = "inbound-tls"  # a stream listener terminating the pod's inbound mTLS for one port
 
 
 MIRROR_DIRECTION = "mirror"  # amesh_direction on the mirror listener (plugin_attr.amesh.http_ports)
 DEFAULT_MIRROR_PORT = 15099  # internal_base - 1 with the default internal_base
+INTERNAL_SPAN = 1500  # internal listener ports from internal_base: 500 outbound, 500 inbound, 500 inbound TLS
+TLS_PLUGIN = "amesh-mtls"  # lua/apisix/plugins/amesh-mtls.lua: TLS or plaintext on an inbound port
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,10 @@ class DataPathSettings:
     proxy_group: str = "istio-proxy"  # name of the exempt GID (1337)
     outbound_http_ports: tuple[int, ...] = ()  # service ports istiod serves as HTTP (0.0.0.0_<port> HCM)
     inbound_http_ports: tuple[int, ...] = ()  # the pod's own declared HTTP ports (virtualInbound chains)
-    internal_base: int = 15100  # internal listeners: outbound from here, inbound from internal_base+500
+    # the pod's ports with mTLS chains (PeerAuthentication STRICT / PERMISSIVE), served only with a
+    # workload certificate (mtls_dir): a TLS listener each, where the stream front sends TLS connections
+    inbound_tls_ports: tuple[int, ...] = ()
+    internal_base: int = 15100  # internal listeners: outbound from here, inbound from +500, inbound TLS from +1000
     # loopback listener receiving proxy-mirror's copies (translated mirrors point there: the
     # Translator takes it from the settings it is given)
     mirror_port: int = DEFAULT_MIRROR_PORT
@@ -79,7 +85,7 @@ class DataPathSettings:
                 problems.append(f"{name} {getattr(self, name)} is not a port number (1-65535)")
         if self.outbound_port == self.inbound_port:
             problems.append("outbound_port and inbound_port must differ")
-        for name in ("outbound_http_ports", "inbound_http_ports"):
+        for name in ("outbound_http_ports", "inbound_http_ports", "inbound_tls_ports"):
             ports = getattr(self, name)
             bad = [p for p in ports if not isinstance(p, int) or not 1 <= p <= 65535]
             if bad:
@@ -88,22 +94,24 @@ class DataPathSettings:
                 problems.append(f"{name}: duplicate ports")
             if len(ports) > 500:
                 problems.append(f"{name}: {len(ports)} ports, at most 500 fit the internal range")
-        if self.internal_base + 1000 > 65536:
-            problems.append(f"internal_base {self.internal_base} leaves no room for 1000 internal ports")
+        if self.internal_base + INTERNAL_SPAN > 65536:
+            problems.append(f"internal_base {self.internal_base} leaves no room for {INTERNAL_SPAN} internal ports")
+        if self.inbound_tls_ports and not self.mtls_dir:
+            problems.append("inbound_tls_ports need a workload certificate (mtls_dir)")
         if problems:
             raise ValueError("invalid data-path settings: " + "; ".join(problems))
         internal = [p for _, _, p in self.pinned]
         if len(set(internal)) != len(internal) or len({(d, p) for d, p, _ in self.pinned}) != len(internal):
             raise ValueError("invalid data-path settings: pinned internal ports repeat")
         taken = {self.outbound_port, self.inbound_port}
-        clash = sorted(taken & set(range(self.internal_base, self.internal_base + 1000)))
+        clash = sorted(taken & set(range(self.internal_base, self.internal_base + INTERNAL_SPAN)))
         if clash:
             raise ValueError(f"invalid data-path settings: capture ports {clash} inside the internal range")
         if self.mirror_port in taken:
             raise ValueError(f"invalid data-path settings: mirror_port {self.mirror_port} is a capture port")
-        if self.internal_base <= self.mirror_port < self.internal_base + 1000:
+        if self.internal_base <= self.mirror_port < self.internal_base + INTERNAL_SPAN:
             raise ValueError(f"invalid data-path settings: mirror_port {self.mirror_port} inside the internal range "
-                             f"{self.internal_base}-{self.internal_base + 999}")
+                             f"{self.internal_base}-{self.internal_base + INTERNAL_SPAN - 1}")
 
 
 def internal_ports(settings: DataPathSettings) -> dict[tuple[Direction, int], int]:
@@ -113,7 +121,8 @@ def internal_ports(settings: DataPathSettings) -> dict[tuple[Direction, int], in
     dense and sorted, from internal_base outbound and internal_base + 500 inbound)."""
     out = {}
     for direction, ports, base in ((Direction.OUTBOUND, settings.outbound_http_ports, settings.internal_base),
-                                   (Direction.INBOUND, settings.inbound_http_ports, settings.internal_base + 500)):
+                                   (Direction.INBOUND, settings.inbound_http_ports, settings.internal_base + 500),
+                                   (Direction.INBOUND_TLS, settings.inbound_tls_ports, settings.internal_base + 1000)):
         wanted = set(ports)
         kept = {port: internal for d, port, internal in settings.pinned
                 if d is direction and port in wanted and base <= internal < base + 500}
@@ -136,13 +145,18 @@ def settings_for(listeners: Mapping[str, Any], pod_ips: Sequence[str] = (), *,
     from sidecar_agent.translate import inbound, stream  # translate imports this module
 
     virtual_inbound = listeners.get("virtualInbound")
-    inbound_ports = inbound.http_ports(virtual_inbound) if virtual_inbound is not None and pod_ips else ()
-    return with_ports(base or DataPathSettings(), stream.http_ports(listeners), inbound_ports, pod_ips, previous)
+    inbound_ports = tls_ports = ()
+    if virtual_inbound is not None and pod_ips:
+        inbound_ports, tls_ports = inbound.http_ports(virtual_inbound), inbound.tls_ports(virtual_inbound)
+    return with_ports(base or DataPathSettings(), stream.http_ports(listeners), inbound_ports, pod_ips, previous,
+                      tls_ports)
 
 
 def with_ports(base: DataPathSettings, outbound_http_ports: Sequence[int], inbound_http_ports: Sequence[int],
-               pod_ips: Sequence[str] = (), previous: DataPathSettings | None = None) -> DataPathSettings:
-    """`base` serving these HTTP ports, internal ports pinned from `previous`; ipv6 from `pod_ips`.
+               pod_ips: Sequence[str] = (), previous: DataPathSettings | None = None,
+               inbound_tls_ports: Sequence[int] = ()) -> DataPathSettings:
+    """`base` serving these HTTP ports (and, with a workload certificate, terminating mTLS on
+    `inbound_tls_ports`), internal ports pinned from `previous`; ipv6 from `pod_ips`.
 
     The pins are `previous`'s assignment plus its older pins whose internal port is still free: a
     port that goes and comes back (a rolled-back update) gets its listener back."""
@@ -159,7 +173,9 @@ def with_ports(base: DataPathSettings, outbound_http_ports: Sequence[int], inbou
     if pod_ips:
         ipv6 = any(_global_v6(ip) for ip in pod_ips)
     return dataclasses.replace(base, ipv6=ipv6, outbound_http_ports=tuple(sorted(set(outbound_http_ports))),
-                               inbound_http_ports=tuple(sorted(set(inbound_http_ports))), pinned=pinned)
+                               inbound_http_ports=tuple(sorted(set(inbound_http_ports))),
+                               inbound_tls_ports=tuple(sorted(set(inbound_tls_ports))) if base.mtls_dir else (),
+                               pinned=pinned)
 
 
 def needs_reload(old: DataPathSettings | None, new: DataPathSettings) -> bool:
@@ -184,7 +200,9 @@ def _listen(port: int, ipv6: bool, *, host: str | None = None) -> list[str]:
 def fragment(settings: DataPathSettings) -> dict[str, Any]:
     """The config.yaml keys the data path owns; deep-merge into the rest of the generated file."""
     s = settings
-    ports = internal_ports(s)
+    everything = internal_ports(s)
+    ports = {k: p for k, p in everything.items() if k[0] is not Direction.INBOUND_TLS}
+    tls = sorted((p, port) for (d, port), p in everything.items() if d is Direction.INBOUND_TLS)
     # the mirror listener is always there (so an http server never lacks a `listen`, which would
     # take nginx's default *:80); a new mirror needs no reload
     listen_ports = sorted([*ports.values(), s.mirror_port])
@@ -210,13 +228,14 @@ def fragment(settings: DataPathSettings) -> dict[str, Any]:
             "enable_ipv6": s.ipv6,
             "proxy_mode": "http&stream",
             "stream_proxy": {
-                "tcp": [{"addr": a} for p in (s.outbound_port, s.inbound_port) for a in _listen(p, s.ipv6)],
+                "tcp": [{"addr": a} for p in (s.outbound_port, s.inbound_port) for a in _listen(p, s.ipv6)]
+                + [{"addr": f"127.0.0.1:{p}", "tls": True} for p, _ in tls],
             },
             "extra_lua_path": f"{s.lua_dir}/?.lua",
             "lua_module_hook": HOOK,
         },
         "plugins": [*HTTP_PLUGINS, PASSTHROUGH_PLUGIN, RBAC_PLUGIN],
-        "stream_plugins": [*STREAM_PLUGINS, PASSTHROUGH_PLUGIN, RBAC_PLUGIN],
+        "stream_plugins": [*STREAM_PLUGINS, PASSTHROUGH_PLUGIN, RBAC_PLUGIN] + ([TLS_PLUGIN] if s.mtls_dir else []),
         "nginx_config": {
             "user": f"{s.proxy_user} {s.proxy_group}",
             "http_configuration_snippet": http_snippet,
@@ -235,6 +254,7 @@ def fragment(settings: DataPathSettings) -> dict[str, Any]:
                 "map $server_port $amesh_stream_bind {\n"
                 "        default \"\";\n"
                 f"        {s.inbound_port} {INBOUND_SOURCE_V4};\n"
+                + "".join(f"        {p} {INBOUND_SOURCE_V4};\n" for p, _ in tls) +
                 "    }\n"
                 "    proxy_bind $amesh_stream_bind;"),
         },
@@ -248,6 +268,8 @@ def fragment(settings: DataPathSettings) -> dict[str, Any]:
                 "inbound_port": s.inbound_port,
                 "outbound_port": s.outbound_port,
                 **({"mtls_dir": s.mtls_dir} if s.mtls_dir else {}),
+                # TLS listener -> the pod port it terminates mTLS for (the hook: its ssl phase, its routes)
+                **({"tls_ports": {str(p): port for p, port in tls}} if tls else {}),
             }
         },
     }

@@ -320,15 +320,18 @@ class Translator:
             return
         old = self._dp_settings
         inbound_ports: tuple[int, ...] = ()
+        tls_ports: tuple[int, ...] = ()
         virtual_inbound = self._listener_messages.get("virtualInbound")
         if virtual_inbound is not None and self._pod_ips:
             inbound_ports = inbound_mod.http_ports(virtual_inbound)
-        new = datapath.with_ports(self._dp_base, self._http_port.values(), inbound_ports, self._pod_ips, old)
+            tls_ports = inbound_mod.tls_ports(virtual_inbound)
+        new = datapath.with_ports(self._dp_base, self._http_port.values(), inbound_ports, self._pod_ips, old,
+                                  tls_ports)
         if new != old:
             moved = datapath.internal_ports(old).items() ^ datapath.internal_ports(new).items()
             moved_out = {port for (direction, port), _ in moved if direction is datapath.Direction.OUTBOUND}
             dirty.update(name for name, port in self._http_port.items() if port in moved_out)
-            if any(direction is datapath.Direction.INBOUND for (direction, _), _ in moved):
+            if any(direction is not datapath.Direction.OUTBOUND for (direction, _), _ in moved):
                 dirty.add("virtualInbound")
             self._dp_settings = new
         internal = datapath.internal_ports(self._dp_settings)
@@ -356,7 +359,8 @@ class Translator:
         if listener.name == "virtualInbound":
             if self._pod_ips:
                 ports = {p: 0 for p in inbound_mod.http_ports(listener)}
-                inbound_mod.translate_inbound(listener, self._pod_ips, ports, self._inbound_clusters)
+                tls = {p: 0 for p in inbound_mod.tls_ports(listener)} if self._dp_base.mtls_dir else None
+                inbound_mod.translate_inbound(listener, self._pod_ips, ports, self._inbound_clusters, tls)
         elif listener.name != "virtualOutbound":
             port = listener.address.socket_address.port_value
             stream_mod.translate_listener_stream(listener, {port: 0})
@@ -369,7 +373,9 @@ class Translator:
             return (), (), (Unsupported("listener", "virtualInbound",
                                         "listener[inbound: pod IPs unknown (INSTANCE_IPS), not translated]", 1),)
         ports = {p: i for (d, p), i in internal.items() if d is datapath.Direction.INBOUND}
-        part = inbound_mod.translate_inbound(listener, self._pod_ips, ports, self._inbound_clusters)
+        tls = ({p: i for (d, p), i in internal.items() if d is datapath.Direction.INBOUND_TLS}
+               if self._dp_base.mtls_dir else None)
+        part = inbound_mod.translate_inbound(listener, self._pod_ips, ports, self._inbound_clusters, tls)
         self._swap_route_set("datapath:virtualInbound",
                              RouteSet("virtualInbound", part.routes, frozenset(), ()))
         return part.stream_routes, part.upstreams, part.report

@@ -13,12 +13,16 @@ Sending to the app the way Istio does: an `inbound|P||` cluster of type ORIGINAL
 goes to the pod address and port P from 127.0.0.6 / ::6 (`upstream_bind_config`; apisix/datapath.py
 binds it per internal listener); a STATIC cluster (Istio ≤ 1.9) to its endpoints (127.0.0.1:P). With
 no CDS entry the modern behaviour is assumed. Transport-protocol / ALPN matches (mTLS vs plaintext
-twins of a chain) collapse into one: the chain without TLS is used; mTLS termination is reported.
+twins of a chain) collapse into one: the chain without TLS gives the routes. With a workload certificate
+(`tls_listeners`), a port with a TLS chain gets `amesh-mtls` on its front routes (TLS to the port's TLS
+listener; plaintext served only if a plaintext chain exists) and a route on that TLS listener to the
+same upstream (docs/data-path.md, "Inbound mTLS").
 
 Security (rbac.py, docs/translation.md "Fail closed"): a chain's RBAC filters become the `amesh-rbac`
 plugin, network ones on its stream routes, HTTP ones on its HTTP routes (the 404 catch-all included);
 the inbound passthrough takes the network RBAC of the plaintext catch-all chains. A port (or the
-catch-all) left with only TLS-terminating chains (PeerAuthentication STRICT) is denied, as is a chain
+catch-all) left with only TLS-terminating chains (PeerAuthentication STRICT) is denied when there is no
+workload certificate (the catch-all always: undeclared ports have no TLS listener), as is a chain
 with an unknown filter before its proxy: reported with effect "denied", never served as plaintext.
 """
 
@@ -43,6 +47,8 @@ PORT_VAR = "original_dst_port"
 # Above every outbound band (route.py: bands ≤ 4000 × 100000 + routes): inbound always wins first.
 INBOUND_PRIORITY = 1_000_000_000
 INBOUND_SOURCE = {4: datapath.INBOUND_SOURCE_V4, 6: datapath.INBOUND_SOURCE_V6}
+TLS, PLAIN = "tls", "plaintext"  # the transports a port's chains accept
+TLS_LISTENER_ADDRESS = "127.0.0.1"  # the TLS listeners' address (apisix/datapath.py), what their routes match
 
 
 @dataclass(frozen=True)
@@ -55,13 +61,21 @@ class InboundPart:
 
 
 def http_ports(listener) -> tuple[int, ...]:
-    return tuple(sorted(port for port, (kind, _, _) in _port_chains(listener, None).items() if kind == "http"))
+    return tuple(sorted(port for port, (kind, *_) in _port_chains(listener, None, False).items() if kind == "http"))
+
+
+def tls_ports(listener) -> tuple[int, ...]:
+    """The declared ports with mTLS chains (PeerAuthentication STRICT or PERMISSIVE): DataPathSettings.inbound_tls_ports."""
+    return tuple(sorted(port for port, (*_, modes) in _port_chains(listener, None, True).items() if TLS in modes))
 
 
 def translate_inbound(listener, pod_ips: Sequence[str], internal: Mapping[int, int],
-                      clusters: Mapping[str, object] | None = None) -> InboundPart:
+                      clusters: Mapping[str, object] | None = None,
+                      tls_listeners: Mapping[int, int] | None = None) -> InboundPart:
     """`listener`: virtualInbound; `pod_ips`: the pod's addresses (INSTANCE_IPS); `internal`: inbound HTTP
-    port -> internal listener port (apisix.datapath.internal_ports); `clusters`: CDS by name, if held."""
+    port -> internal listener port (apisix.datapath.internal_ports); `clusters`: CDS by name, if held;
+    `tls_listeners`: port with mTLS chains -> its TLS listener, None without a workload certificate (then
+    a port that requires mTLS is denied)."""
     if not pod_ips:
         raise TranslationError("inbound translation needs the pod's IP addresses")
     clusters = clusters or {}
@@ -70,7 +84,8 @@ def translate_inbound(listener, pod_ips: Sequence[str], internal: Mapping[int, i
     stream_routes: list[dict] = []
     upstreams: dict[str, dict] = {}
     target = _app_address(pod_ips)
-    for port, (kind, payload, security) in sorted(_port_chains(listener, cov).items()):
+    mtls = tls_listeners is not None
+    for port, (kind, payload, security, modes) in sorted(_port_chains(listener, cov, mtls).items()):
         network, http = security
         if kind == "http":
             if port not in internal:
@@ -79,13 +94,24 @@ def translate_inbound(listener, pod_ips: Sequence[str], internal: Mapping[int, i
             hop = _upstream(f"amesh-http-inbound|{port}", [("127.0.0.1", internal[port])],
                             {"amesh.internal": "http-inbound"})
             upstreams[hop["id"]] = hop
-            stream_routes += _guarded(_stream_routes(f"inbound|{port}|http", pod_ips, port, hop["id"]), network)
+            target_id = hop["id"]
             http = rbac.per_route(payload[0], http, cov)
             routes += _guarded(_http_routes(payload, port, target, clusters, upstreams, cov), http)
         else:
             app = _app_upstream(payload, port, target, clusters, scheme="tcp")
             upstreams[app["id"]] = app
-            stream_routes += _guarded(_stream_routes(f"inbound|{port}|tcp", pod_ips, port, app["id"]), network)
+            target_id = app["id"]
+        front = _guarded(_stream_routes(f"inbound|{port}|{kind}", pod_ips, port, target_id), network)
+        if mtls and TLS in modes:
+            if port not in tls_listeners:
+                raise TranslationError(f"virtualInbound: port {port} requires mTLS and has no TLS listener "
+                                       f"(regenerate conf/config.yaml with inbound_tls_ports)")
+            for route in front:  # TLS to the port's TLS listener, plaintext as the chains allow
+                route.setdefault("plugins", {})[datapath.TLS_PLUGIN] = {"tls_port": tls_listeners[port],
+                                                                       "plaintext": PLAIN in modes}
+            stream_routes += _guarded(_stream_routes(f"inbound|{port}|{kind}|tls", [TLS_LISTENER_ADDRESS],
+                                                     tls_listeners[port], target_id), network)
+        stream_routes += front
     # undeclared ports: to the original port on the pod (passthrough plugin sets the node)
     passthrough = _upstream("amesh-passthrough|inbound", [], dict(PASSTHROUGH_LABEL, **{"amesh.bind": target[1]}))
     upstreams[passthrough["id"]] = passthrough
@@ -156,11 +182,13 @@ def _catch_all_security(listener, cov: Coverage) -> "rbac.Security":
     return out
 
 
-def _port_chains(listener, cov: Coverage | None) -> dict[int, tuple[str, object, tuple]]:
-    """destination port -> ("http", (RouteConfiguration, Manager), (network, http Security)) |
-    ("tcp", cluster, (network, http Security)); plaintext twin preferred. A port with only TLS chains
-    (mTLS required) gets a network Security that denies."""
+def _port_chains(listener, cov: Coverage | None, mtls: bool) -> dict[int, tuple[str, object, tuple, frozenset]]:
+    """destination port -> ("http", (RouteConfiguration, Manager), (network, http Security), modes) |
+    ("tcp", cluster, (network, http Security), modes); plaintext twin preferred; modes: TLS and/or PLAIN,
+    the transports the port's chains accept. Without `mtls` (no workload certificate) a port with only
+    TLS chains (mTLS required) gets a network Security that denies."""
     found: dict[int, tuple[str, object, tuple, bool]] = {}
+    modes: dict[int, set] = {}
     for chain in filter_chains(listener, default=False):  # the default chain is not a port's
         match = chain.filter_chain_match
         port = match.destination_port.value if match.HasField("destination_port") else None
@@ -172,11 +200,12 @@ def _port_chains(listener, cov: Coverage | None) -> dict[int, tuple[str, object,
             continue
         if port not in found or (found[port][3] and not tls):
             found[port] = (*entry, tls)
-        if tls and cov is not None:
-            cov.add("filter_chains.transport_socket[mTLS termination not translated yet]")
+        modes.setdefault(port, set()).add(TLS if tls else PLAIN)
+        if tls and cov is not None and not mtls:
+            cov.add("filter_chains.transport_socket[mTLS termination without a workload certificate]")
     out = {}
     for port, (kind, payload, security, tls) in found.items():
-        if tls:  # no plaintext twin: the port requires mTLS (PeerAuthentication STRICT)
+        if tls and not mtls:  # no plaintext twin: the port requires mTLS (PeerAuthentication STRICT)
             if cov is not None:
                 cov.deny(f"filter_chains[{port}].transport_socket[mTLS only (PeerAuthentication STRICT): "
                          "inbound mTLS not implemented: denied]")
@@ -185,7 +214,7 @@ def _port_chains(listener, cov: Coverage | None) -> dict[int, tuple[str, object,
             # new connections are closed; requests on connections the stream front already holds
             # (keep-alive from before the change) are refused by the HTTP routes
             security = (denied, denied)
-        out[port] = (kind, payload, security)
+        out[port] = (kind, payload, security, frozenset(modes[port]))
     return out
 
 

@@ -26,7 +26,8 @@ DATA_PATHS = {
                                            lua_dir=LUA),
     "low-nofile": datapath.DataPathSettings(lua_dir=LUA),
     # a CA is configured: the workload certificate's directory turns on Istio mTLS upstreams
-    "mtls": datapath.DataPathSettings(outbound_http_ports=(9080,), lua_dir=LUA, mtls_dir="/etc/apisix/conf/istio"),
+    "mtls": datapath.DataPathSettings(outbound_http_ports=(9080,), inbound_http_ports=(9080,),
+                                      inbound_tls_ports=(9080, 27017), lua_dir=LUA, mtls_dir="/etc/apisix/conf/istio"),
 }
 
 

@@ -168,7 +168,10 @@ def test_config_fragment_merges_into_the_generated_config():
     ({"internal_base": 65000}, "no room"),
     ({"mirror_port": 0}, "mirror_port 0 is not a port number"),
     ({"mirror_port": 15006}, "mirror_port 15006 is a capture port"),
-    ({"mirror_port": 15600}, "mirror_port 15600 inside the internal range 15100-16099"),
+    ({"mirror_port": 15600}, "mirror_port 15600 inside the internal range 15100-16599"),
+    ({"mirror_port": 16200}, "mirror_port 16200 inside the internal range"),  # the inbound TLS listeners' part
+    ({"inbound_tls_ports": (8080,)}, "inbound_tls_ports need a workload certificate"),
+    ({"inbound_tls_ports": (8080, 8080), "mtls_dir": "/d"}, "inbound_tls_ports: duplicate ports"),
     ({"internal_base": 15050}, "mirror_port 15099 inside the internal range"),
 ])
 def test_bad_settings_are_refused_naming_the_problem(kwargs, message):

@@ -9,7 +9,6 @@ client's identity and the SNI they were sent. A second, unrelated CA issues the 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import socket
@@ -22,17 +21,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
-
 from sidecar_agent.apisix import config as apisix_config
 from sidecar_agent.schema import Schemas
 from sidecar_agent.schemas import APISIX_SCHEMA_DIR
-from sidecar_agent.security import certs, workload
+from sidecar_agent.security import workload
 from tests import realapisix
-from tests.agent import istiod_ca
+from tests.datapath.meshpki import Pki, install
 
 TRUST = "spiffe://cluster.local/ns/default/sa/"
 SERVER_ID, CLIENT_ID = TRUST + "reviews", TRUST + "productpage"
@@ -46,37 +40,6 @@ CASES = {
     "any-identity": (19445, {"amesh.tls": "istio-mutual"}),  # no SAN list: any workload of the mesh
     "plain-tls": (19446, {"amesh.tls": "simple"}),  # not Istio mTLS: unverified, as before
 }
-
-
-class Pki:
-    def __init__(self, directory: Path) -> None:
-        istiod_ca.write_ca_dir(directory)
-        self.dir = directory
-        self.inter = x509.load_pem_x509_certificate((directory / "ca-cert.pem").read_bytes())
-        self.inter_key = serialization.load_pem_private_key((directory / "ca-key.pem").read_bytes(), None)
-
-    def leaf(self, spiffe: str) -> tuple[bytes, bytes]:
-        """(chain PEM leaf first, key PEM), as istiod's CA issues them: no subject, one URI SAN."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.inter.subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now).not_valid_after(now + dt.timedelta(hours=24))
-                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe)]), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                      ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .sign(self.inter_key, hashes.SHA256()))
-        chain = cert.public_bytes(serialization.Encoding.PEM) + (self.dir / "ca-cert.pem").read_bytes()
-        return chain, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption())
-
-    def issued(self, spiffe: str) -> certs.Issued:
-        chain, key = self.leaf(spiffe)
-        leaf, _, rest = chain.decode().partition("-----END CERTIFICATE-----\n")
-        now = time.time()
-        return certs.Issued((leaf + "-----END CERTIFICATE-----\n", rest), ((self.dir / "root-cert.pem").read_text(),),
-                            key, 1, (spiffe,), now - 60, now + 86400, now)
 
 
 class MtlsServer:
@@ -139,9 +102,7 @@ def world():
     os.chmod(base, 0o755)
     mesh, forger = Pki(base / "mesh"), Pki(base / "forger")
     cert_dir = base / "istio"  # what the agent writes under <prefix>/conf/istio
-    workload.write_files(cert_dir, mesh.issued(CLIENT_ID))
-    for path in (cert_dir, *cert_dir.iterdir()):
-        os.chown(path, realapisix.PROXY_UID, realapisix.PROXY_UID)
+    install(cert_dir, mesh.issued(CLIENT_ID))
     settings, dp = realapisix.settings(apisix_config.Mode.FILE, mtls_dir=str(cert_dir))
     upstreams, routes = [], []
     for host, (port, labels) in CASES.items():
@@ -213,9 +174,7 @@ def test_rotation_takes_effect_without_reload_and_without_a_failed_request(world
     written = False
     while time.monotonic() < deadline:
         if not written and len(statuses) >= 5:
-            workload.write_files(world["cert_dir"], world["mesh"].issued(rotated))
-            for path in world["cert_dir"].iterdir():
-                os.chown(path, realapisix.PROXY_UID, realapisix.PROXY_UID)
+            install(world["cert_dir"], world["mesh"].issued(rotated))
             written = True
         status, seen = get(world, "mesh")
         statuses.append(status)

@@ -175,8 +175,8 @@ def test_sidecar_keeps_istio_name_env_volumes_probe_and_metrics():
     assert (annotations["prometheus.io/scrape"], annotations["prometheus.io/port"],
             annotations["prometheus.io/path"]) == ("true", "15020", "/stats/prometheus")
     assert annotations["kubectl.kubernetes.io/default-container"] == "reviews"
-    # No security.istio.io/tlsMode label: Envoy clients must not send Istio mTLS to APISIX.
-    assert "security.istio.io/tlsMode" not in pod["metadata"]["labels"]
+    # The sidecar terminates Istio mTLS: Envoy clients may use auto-mTLS towards it (Istio's own label).
+    assert pod["metadata"]["labels"]["security.istio.io/tlsMode"] == "istio"
     assert pod["metadata"]["labels"]["service.istio.io/canonical-name"] == "reviews"
 
 
@@ -269,3 +269,15 @@ def test_the_mesh_and_controller_charts_agree_on_the_audience_and_the_ca():
     mesh = chart_values()["global"]["amesh"]["controller"]
     assert mesh["tokenAudience"] == controller["tokenAudience"] == "amesh-controller"
     assert mesh["caConfigMap"] == controller["tls"]["caConfigMap"]
+
+
+@pytest.mark.parametrize("ca, labels, expected", [
+    (None, {}, "istio"),
+    ("none", {}, "disabled"),  # no workload certificate: no mTLS termination, Envoy clients must send plaintext
+    ("OFF", {}, "disabled"),
+    (None, {"security.istio.io/tlsMode": "disabled"}, "disabled"),  # the pod's own label wins, as in Istio
+])
+def test_tls_mode_label_follows_the_workload_certificate(ca, labels, expected):
+    overrides = {"global": {"caAddress": ca}} if ca else {}
+    pod = inject(SamplePod(labels={"app": "reviews", **labels}), overrides)
+    assert pod["metadata"]["labels"]["security.istio.io/tlsMode"] == expected

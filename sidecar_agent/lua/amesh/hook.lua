@@ -25,6 +25,11 @@ for listen_port, entry in pairs(attr.http_ports or {}) do
     internal_ports[tostring(listen_port)] = { port = tonumber(entry.port), direction = entry.direction }
 end
 local inbound_port = tostring(attr.inbound_port or 15006)
+-- stream TLS listener port -> the pod port whose inbound mTLS it terminates (amesh.mtls_server)
+local tls_ports = {}
+for listen_port, port in pairs(attr.tls_ports or {}) do
+    tls_ports[tostring(listen_port)] = tonumber(port)
+end
 
 local function original()
     local addr, port = origdst.get()
@@ -46,7 +51,7 @@ core.ctx.register_var("amesh_direction", function()
     if mapped then
         return mapped.direction
     end
-    return server_port == inbound_port and "inbound" or "outbound"
+    return (server_port == inbound_port or tls_ports[server_port]) and "inbound" or "outbound"
 end)
 
 core.ctx.register_var("original_dst_addr", function()
@@ -59,13 +64,23 @@ core.ctx.register_var("original_dst_port", function()
 end)
 
 if subsystem == "stream" then
+    -- a TLS listener's connections are not NATed: its routes match the listener's own address and port
+    local function listener_own(name)
+        if tls_ports[ngx.var.server_port] then
+            return ngx.var[name]
+        end
+        return nil
+    end
     core.ctx.register_var("server_addr", function()
         local addr = origdst.get()
-        return addr
+        return addr or listener_own("server_addr")
     end)
     core.ctx.register_var("server_port", function()
         local addr, port = origdst.get()
-        return addr and port or nil -- on failure the second value is the reason, not a port
+        if addr then
+            return port
+        end
+        return listener_own("server_port") -- on failure origdst's second value is the reason, not a port
     end)
 end
 
@@ -80,5 +95,39 @@ if subsystem == "http" and attr.mtls_dir then
     apisix.http_access_phase = function(...)
         access_phase(...)
         mtls.after_access()
+    end
+end
+
+-- Inbound mTLS (amesh.mtls_server): APISIX's stream TLS phases, on our TLS listeners only.
+if subsystem == "stream" and attr.mtls_dir and next(tls_ports) then
+    local mtls_server = require("amesh.mtls_server")
+    require("amesh.workload_cert").configure(attr.mtls_dir)
+    local apisix = require("apisix")
+    local client_hello, certificate = apisix.ssl_client_hello_phase, apisix.ssl_phase
+    apisix.ssl_client_hello_phase = function(...)
+        if not mtls_server.ours(tls_ports) then
+            return client_hello(...)
+        end
+    end
+    -- APISIX looks every TLS stream connection's SNI up in its `ssls` (and logs an error when none has
+    -- it): on our listeners there is nothing to look up, the SNI is Istio's outbound_… name
+    local apisix_ssl = require("apisix.ssl")
+    local server_name = apisix_ssl.server_name
+    apisix_ssl.server_name = function(...)
+        local ok, port = pcall(function() return ngx.var.server_port end) -- no ngx.var in the TLS phases
+        if ok and tls_ports[port] then
+            return nil
+        end
+        return server_name(...)
+    end
+    apisix.ssl_phase = function(...)
+        if not mtls_server.ours(tls_ports) then
+            return certificate(...)
+        end
+        local ok, err = mtls_server.certificate()
+        if not ok then
+            ngx.log(ngx.ERR, "amesh inbound mTLS: no certificate to serve: ", err)
+            return ngx.exit(ngx.ERROR)
+        end
     end
 end

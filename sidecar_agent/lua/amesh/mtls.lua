@@ -3,8 +3,8 @@
 -- Stock APISIX can present a client certificate per request (apisix-nginx-module) but verifies an
 -- upstream's certificate only by host name, which Istio's certificates (one URI SAN, the SPIFFE id,
 -- no DNS name) never match. So, for an upstream labelled `amesh.tls: istio-mutual`:
---   after_access(): the workload certificate and key (the agent's files, re-read at most once a
---     second: rotation needs no reload), the mesh root as the trusted store, Istio's SNI
+--   after_access(): the workload certificate and key (amesh.workload_cert: the agent's files, re-read
+--     at most once a second, rotation needs no reload), the mesh root as the trusted store, Istio's SNI
 --     (`amesh.sni`) into $amesh_ssl_name, and nginx's own host-name check off for this request;
 --   verify() (proxy_ssl_verify_by_lua): the chain must verify against the mesh root and, when the
 --     cluster names identities (`amesh.san`, comma-separated), the server's URI SAN must be one of
@@ -16,90 +16,17 @@ local ngx_ssl = require("ngx.ssl")
 local proxy_verify = require("ngx.ssl.proxysslverify")
 local apisix_upstream = require("resty.apisix.upstream")
 local openssl_x509 = require("resty.openssl.x509")
-local openssl_store = require("resty.openssl.x509.store")
-local openssl_pkey = require("resty.openssl.pkey")
+local workload_cert = require("amesh.workload_cert")
 require("resty.openssl.include.ssl") -- the SSL_set_verify declaration
 
 local X509_V_OK = 0
 local X509_V_ERR_APPLICATION_VERIFICATION = 50
-local RECHECK_SECONDS = 1
 local SSL_VERIFY_PEER = 1
 
 local _M = {}
-local dir
-local held = { checked = -1 } -- per worker: the parsed material and the file texts it came from
-
-local function read(path)
-    local file = io.open(path, "rb")
-    if not file then
-        return nil
-    end
-    local data = file:read("*a")
-    file:close()
-    return data
-end
-
--- The agent writes key, chain, root one after the other (atomic renames): a key that does not belong
--- to the chain is a rotation caught halfway, so the material in force stays until the next check.
-local function parse(chain, key, root)
-    local leaf, err = openssl_x509.new(chain)
-    if not leaf then
-        return nil, "cert-chain.pem: " .. err
-    end
-    local pkey
-    pkey, err = openssl_pkey.new(key)
-    if not pkey then
-        return nil, "key.pem: " .. err
-    end
-    if leaf:get_pubkey():to_PEM("public") ~= pkey:to_PEM("public") then
-        return nil, "key.pem does not belong to cert-chain.pem (rotation in progress)"
-    end
-    local store = openssl_store.new()
-    local ok
-    ok, err = store:load_file(dir .. "/root-cert.pem")
-    if not ok then
-        return nil, "root-cert.pem: " .. err
-    end
-    local cert, key_cdata
-    cert, err = ngx_ssl.parse_pem_cert(chain)
-    if not cert then
-        return nil, "cert-chain.pem: " .. err
-    end
-    key_cdata, err = ngx_ssl.parse_pem_priv_key(key)
-    if not key_cdata then
-        return nil, "key.pem: " .. err
-    end
-    return { cert = cert, key = key_cdata, store = store, root = root }
-end
-
--- The material in force, or nil and why.
-local function material()
-    local now = ngx.now()
-    if now - held.checked < RECHECK_SECONDS then
-        return held.current, held.why
-    end
-    held.checked = now
-    local chain, key, root = read(dir .. "/cert-chain.pem"), read(dir .. "/key.pem"), read(dir .. "/root-cert.pem")
-    if not (chain and key and root) then
-        held.why = "no workload certificate in " .. dir .. " yet"
-        return held.current, held.why
-    end
-    if chain == held.chain and key == held.key and root == held.root then
-        return held.current, held.why
-    end
-    local parsed, err = parse(chain, key, root)
-    if not parsed then
-        held.why = err
-        ngx.log(ngx.WARN, "amesh mtls: keeping the certificate in force: ", err)
-        return held.current, held.why
-    end
-    held.current, held.why = parsed, nil
-    held.chain, held.key, held.root = chain, key, root
-    return parsed
-end
 
 function _M.configure(directory)
-    dir = directory
+    workload_cert.configure(directory)
 end
 
 local function upstream_conf(api_ctx)
@@ -124,13 +51,13 @@ function _M.after_access()
     if labels["amesh.sni"] then
         ngx.var.amesh_sni = labels["amesh.sni"]
     end
-    local m, why = material()
+    local m, why = workload_cert.get()
     if not m then
         state.refuse = why
         return
     end
     local ok, err = apisix_upstream.set_cert_and_key(m.cert, m.key)
-    if ok and os.getenv("AMESH_DEBUG_STORE") ~= "off" then
+    if ok then
         ok, err = apisix_upstream.set_ssl_trusted_store(m.store)
     end
     if not ok then

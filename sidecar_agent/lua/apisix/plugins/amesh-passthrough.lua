@@ -3,16 +3,16 @@
 --
 -- On a route whose upstream has no nodes (labels amesh.passthrough), the access (HTTP) / preread
 -- (stream) phase sets the upstream to the original destination the amesh hook registers
--- (original_dst_addr / original_dst_port), the way traffic-split sets upstreams: a copy of the
--- route's upstream (timeouts, scheme) with that one node, through apisix.upstream.set. A destination
+-- (original_dst_addr / original_dst_port): a copy of the route's upstream with that one node
+-- (amesh/single_node.lua). A destination
 -- that would loop (loopback, unspecified, a capture port) or is unknown is refused: 502 (HTTP) or the
 -- connection closed (stream), as Envoy's BlackHoleCluster. The decision is amesh/passthrough.lua
 -- (pure, tested in Debian's nginx); this file is the APISIX glue (needs a real APISIX to test).
 -- Enabled by the generated config.yaml (plugins / stream_plugins, extra_lua_path).
 
 local core = require("apisix.core")
-local upstream = require("apisix.upstream")
 local passthrough = require("amesh.passthrough")
+local single_node = require("amesh.single_node")
 
 local plugin_name = "amesh-passthrough"
 local is_http = ngx.config.subsystem == "http"
@@ -72,19 +72,7 @@ function _M.set_upstream(conf, ctx)
     if not node then
         return nil, err
     end
-    -- stream: matched before preread; HTTP: access runs before APISIX looks the route's upstream up
-    local route = ctx.matched_route
-    local base = ctx.matched_upstream
-    if not base and route and route.value.upstream_id then
-        base = upstream.get_by_id(route.value.upstream_id)
-    end
-    local up_conf = core.table.clone(base or {})
-    up_conf.nodes = { node }
-    up_conf.type = "roundrobin"
-    up_conf.parent = route
-    local route_id = route and route.value.id or "?"
-    upstream.set(ctx, "amesh-passthrough#" .. route_id .. "#" .. node.host .. ":" .. node.port,
-                 ctx.conf_version or 0, up_conf)
+    single_node.set(ctx, plugin_name, node)
     return true
 end
 

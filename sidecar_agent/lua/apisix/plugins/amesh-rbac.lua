@@ -368,6 +368,9 @@ function _M.rewrite(conf, ctx)
 end
 
 function _M.preread(conf, ctx)
+    if ctx.amesh_tls_forwarded then
+        return -- amesh-mtls sent it to the port's TLS listener, whose route evaluates the same policy
+    end
     local ok, why = _M.evaluate(conf, ctx)
     if not ok then
         core.log.warn("amesh-rbac closed the connection from ", ctx.var.remote_addr, ": ", why)
