@@ -578,10 +578,27 @@ class Translator:
                   if part.eds_name and part.eds_name not in self._endpoints]
         groups.append([Unsupported("endpoints", name, "(missing: no ClusterLoadAssignment, no nodes)", 1)
                        for name in unread])
+        groups.append(self._tcp_mutual_report())
         read = {part.eds_name for part, _ in self._clusters.values() if part.eds_name}
         groups.append([Unsupported("endpoints", name, "(unused: no EDS cluster reads it)", 1)
                        for name in self._endpoints if name not in read])
         return Report.of(groups)
+
+    def _tcp_mutual_report(self) -> list[Unsupported]:
+        """TCP services whose cluster asks for Istio mTLS: the stream proxy cannot verify the server, so the
+        hook closes those connections (lua/amesh/hook.lua) — reported as denied, here where both are known."""
+        served = {ref.cluster for key, rs in self._route_sets.items() if key.startswith("datapath:") for ref in rs.refs}
+        out = []
+        for name in sorted(served):
+            part = self._clusters.get(name, (None,))[0]
+            if part is None:
+                continue
+            endpoints = self._endpoints.get(part.eds_name, (None,))[0] if part.eds_name else None
+            auto = part.tls_auto and endpoints is not None and endpoints.istio_tls and not endpoints.mixed_tls
+            if auto or (part.body.get("labels") or {}).get("amesh.tls") == "istio-mutual":
+                out.append(Unsupported("cluster", name, "transport_socket[Istio mTLS to a TCP service: the stream "
+                                       "proxy cannot verify the server's identity: connections closed]", 1, "denied"))
+        return out
 
     def translation(self) -> Translation:
         return Translation(self.document(), self.report())

@@ -53,3 +53,33 @@ def test_identities_that_cannot_be_checked_refuse_every_server():
 def test_tls_that_is_not_istio_gets_no_identities():
     part, _ = translate_cluster(_cluster(string_pb2.StringMatcher(exact=REVIEWS), sds=("my-cert", "my-ca")))
     assert part.body["labels"]["amesh.tls"] == "mutual" and "amesh.san" not in part.body["labels"]
+
+
+def _tcp_mesh(tls_mode: str):
+    from amesh_testing import istiogen
+
+    mongo = istiogen.Service("mongodb", "10.96.0.50", (istiogen.ServicePort(27017, "tcp", "TCP"),))
+    return istiogen.generate(istiogen.Mesh(services=(mongo,), workloads=(
+        istiogen.Workload("mongodb", "v1", ("10.244.0.50",), tls_mode=tls_mode),)))
+
+
+def _report_of(xds):
+    from sidecar_agent.configdump import XdsResources
+    from sidecar_agent.translate import Translator
+
+    resources = XdsResources(listeners={m.name: m for m in xds.listeners},
+                             route_configs={m.name: m for m in xds.route_configs},
+                             clusters={m.name: m for m in xds.clusters},
+                             endpoints={m.cluster_name: m for m in xds.endpoints})
+    return Translator(pod_ips=("10.244.0.10",)).load(resources).report()
+
+
+def test_tcp_service_with_istio_mtls_is_reported_denied():
+    """Auto-mTLS to sidecar endpoints on a TCP service: the hook closes those connections (never plaintext)."""
+    denied = [e for e in _report_of(_tcp_mesh("istio")).entries if e.effect == "denied"]
+    assert [(e.resource, "Istio mTLS to a TCP service" in e.field) for e in denied] == [
+        ("outbound|27017||mongodb.default.svc.cluster.local", True)]
+
+
+def test_tcp_service_without_sidecars_is_plaintext_and_not_reported():
+    assert not [e for e in _report_of(_tcp_mesh("disabled")).entries if e.effect == "denied"]

@@ -87,14 +87,47 @@ end
 -- Istio mutual TLS upstream (amesh.mtls): once APISIX's access phase has picked the upstream, the
 -- workload certificate and the mesh root for it. nginx.conf calls apisix.http_access_phase through
 -- this very module table, so the wrapper is what runs.
-if subsystem == "http" and attr.mtls_dir then
-    local mtls = require("amesh.mtls")
-    mtls.configure(attr.mtls_dir)
+-- Never plaintext (or unverified TLS) where istiod asks for Istio mTLS: without a workload certificate
+-- (no CA configured) an HTTP request to such an upstream gets 502; a TCP connection to one is closed in
+-- any case, as the stream proxy can present a certificate but cannot verify the server's identity
+-- (no proxy_ssl_verify_by_lua in APISIX's stream server blocks): docs/data-path.md.
+local function istio_mutual_upstream()
+    local api_ctx = ngx.ctx.api_ctx
+    local conf = api_ctx and (api_ctx.upstream_conf or api_ctx.matched_upstream)
+    local labels = conf and conf.labels
+    return labels ~= nil and labels["amesh.tls"] == "istio-mutual"
+end
+
+if subsystem == "http" then
     local apisix = require("apisix")
     local access_phase = apisix.http_access_phase
-    apisix.http_access_phase = function(...)
-        access_phase(...)
-        mtls.after_access()
+    if attr.mtls_dir then
+        local mtls = require("amesh.mtls")
+        mtls.configure(attr.mtls_dir)
+        apisix.http_access_phase = function(...)
+            access_phase(...)
+            mtls.after_access()
+        end
+    else
+        apisix.http_access_phase = function(...)
+            access_phase(...)
+            if istio_mutual_upstream() then
+                ngx.log(ngx.ERR, "amesh: upstream requires Istio mTLS and this sidecar has no workload ",
+                        "certificate (no CA configured): refused")
+                return ngx.exit(502)
+            end
+        end
+    end
+else
+    local apisix = require("apisix")
+    local preread_phase = apisix.stream_preread_phase
+    apisix.stream_preread_phase = function(...)
+        preread_phase(...)
+        if istio_mutual_upstream() then
+            ngx.log(ngx.ERR, "amesh: TCP upstream requires Istio mTLS, which the stream proxy cannot verify: ",
+                    "connection closed (never sent in plaintext)")
+            return ngx.exit(ngx.ERROR)
+        end
     end
 end
 
