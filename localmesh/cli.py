@@ -37,11 +37,15 @@ def main() -> None:
 @click.option("--apisix-home", type=click.Path(file_okay=False, path_type=Path),
               default=mesh_mod.DEFAULT_APISIX_HOME, show_default=True, help="The installed APISIX.")
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for readiness.")
-def up(workdir: Path, apisix_mode: str, istiod_path: Path | None, apisix_home: Path, timeout: float) -> None:
+@click.option("--mtls", is_flag=True,
+              help="istiod is also the CA: workload certificates for every sidecar, auto-mTLS on (Istio mTLS "
+                   "between the pods; PeerAuthentication decides what they accept).")
+def up(workdir: Path, apisix_mode: str, istiod_path: Path | None, apisix_home: Path, timeout: float,
+       mtls: bool) -> None:
     """Start istiod, the Bookinfo pods, a TCP service and a host outside the mesh."""
     try:
         mesh_mod.up(workdir, apisix_mode=apisix_mode, istiod_path=istiod_path, apisix_home=apisix_home,
-                    ready_timeout=timeout, log=lambda m: click.echo(m, err=True))
+                    ready_timeout=timeout, mtls=mtls, log=lambda m: click.echo(m, err=True))
     except MeshError as exc:
         _fail(exc)
 

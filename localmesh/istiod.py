@@ -20,6 +20,7 @@ from localmesh.errors import MeshError
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PEERS = REPO.parent / "shared" / "peers"
 HTTP_PORT, GRPC_PORT, MONITORING_PORT = 8080, 15010, 15014
+SECURE_PORT, JWKS_PORT = 15012, 15080  # CA mode: CreateCertificate (and TLS xDS); the token issuer's JWKS
 READY_LINE = "All caches have been synced up"
 RELOAD_OK = "Triggering reload of file configuration"
 RELOAD_FAILED = "unable to reload file configuration"
@@ -53,10 +54,11 @@ def find_binary(given: Path | None, cache: Path) -> Path:
     return binary
 
 
-def command(binary: Path, config_dir: Path, mesh_file: Path, networks_file: Path) -> list[str]:
+def command(binary: Path, config_dir: Path, mesh_file: Path, networks_file: Path, ca: bool = False) -> list[str]:
     return [str(binary), "discovery", "--registries=", f"--configDir={config_dir}", f"--meshConfig={mesh_file}",
             f"--networksConfig={networks_file}", "--clusterID=Kubernetes", "--domain=cluster.local",
-            f"--httpAddr=0.0.0.0:{HTTP_PORT}", f"--grpcAddr=0.0.0.0:{GRPC_PORT}", "--secureGRPCAddr=",
+            f"--httpAddr=0.0.0.0:{HTTP_PORT}", f"--grpcAddr=0.0.0.0:{GRPC_PORT}",
+            f"--secureGRPCAddr={f'0.0.0.0:{SECURE_PORT}' if ca else ''}",
             "--httpsAddr=", f"--monitoringAddr=0.0.0.0:{MONITORING_PORT}", "--ctrlz_address=127.0.0.1",
             "--ctrlz_port=9876", "--log_output_level=default:info"]
 
@@ -66,6 +68,18 @@ def environment(path_env: str) -> dict[str, str]:
     return {"PATH": path_env, "POD_NAMESPACE": "istio-system", "POD_NAME": "istiod-local", "REVISION": "default",
             "ENABLE_CA_SERVER": "false", "PILOT_CERT_PROVIDER": "none", "PILOT_ENABLE_ANALYSIS": "false",
             "ISTIOD_CUSTOM_HOST": "istiod.istio-system.svc", "GOMAXPROCS": "2"}
+
+
+def ca_environment(base: dict[str, str], ca_dir: Path, address: str) -> dict[str, str]:
+    """CA mode (FACTS.md (c)): istiod signs with ROOT_CA_DIR and accepts tokens whose JWKS is served at
+    `address`:JWKS_PORT; its serving certificate also names `address` (the sidecars dial it by IP)."""
+    issuer = f"http://{address}:{JWKS_PORT}"
+    return dict(base, ENABLE_CA_SERVER="true", PILOT_CERT_PROVIDER="istiod", ROOT_CA_DIR=str(ca_dir),
+                ISTIOD_CUSTOM_HOST=f"{ISTIOD_NAME},localhost,127.0.0.1,{address}",
+                JWT_RULE=json.dumps({"issuer": issuer, "jwks_uri": f"{issuer}/jwks.json", "audiences": ["istio-ca"]}))
+
+
+ISTIOD_NAME = "istiod.istio-system.svc"
 
 
 def write_mesh_files(directory: Path, mesh_config: dict) -> tuple[Path, Path]:

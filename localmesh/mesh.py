@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from localmesh import istiod, netns, procs, topology
+from localmesh import ca, istiod, netns, procs, topology
 from localmesh.errors import MeshError
 from localmesh.topology import Mesh
 
@@ -124,7 +124,11 @@ def preflight(apisix_home: Path) -> None:
 
 # -- up ---------------------------------------------------------------------------------------------------
 def up(workdir: Path, *, apisix_mode: str = "file", istiod_path: Path | None = None,
-       apisix_home: Path = DEFAULT_APISIX_HOME, ready_timeout: float = 90.0, log=lambda msg: None) -> dict:
+       apisix_home: Path = DEFAULT_APISIX_HOME, ready_timeout: float = 90.0, mtls: bool = False,
+       log=lambda msg: None) -> dict:
+    """`mtls`: istiod is also the mesh's CA (FACTS.md (c)), each pod gets a service-account token, the agents
+    their workload certificates, and auto-mTLS is on: the sidecars talk Istio mTLS (PeerAuthentication
+    decides what they accept)."""
     require_root()
     workdir = workdir.resolve()
     prefix = prefix_for(workdir)
@@ -137,7 +141,7 @@ def up(workdir: Path, *, apisix_mode: str = "file", istiod_path: Path | None = N
     mesh = topology.bookinfo()
     state = {"prefix": prefix, "workdir": str(workdir), "apisix_mode": apisix_mode, "apisix_home": str(apisix_home),
              "istiod": str(binary), "started": time.time(), "processes": {}, "pods": [w.pod for w in mesh.workloads],
-             "ready": False}
+             "ready": False, "mtls": mtls}
     save_state(workdir, state)
     try:
         _build(workdir, state, mesh, binary, apisix_home, log)
@@ -172,16 +176,22 @@ def _build(workdir: Path, state: dict, mesh: Mesh, binary: Path, apisix_home: Pa
     istiod_ns = host("istiod", mesh.istiod_ip)
     registry_file = paths.config_dir / "registry" / "bookinfo.yaml"
     registry_file.parent.mkdir(parents=True, exist_ok=True)
-    registry_file.write_text(yaml.safe_dump_all(topology.registry(mesh), sort_keys=False))
+    mtls = bool(state.get("mtls"))
+    registry_file.write_text(yaml.safe_dump_all(topology.registry(mesh, mtls), sort_keys=False))
     paths.applied_dir.mkdir(parents=True, exist_ok=True)
-    mesh_file, networks_file = istiod.write_mesh_files(workdir / "istio", topology.mesh_config(mesh))
+    mesh_file, networks_file = istiod.write_mesh_files(workdir / "istio", topology.mesh_config(mesh, mtls=mtls))
+    env = istiod.environment(os.environ.get("PATH", "/usr/bin:/bin"))
+    issuer = None
+    if mtls:
+        ca_dir, issuer = _start_ca(workdir, state, istiod_ns, mesh)
+        env = istiod.ca_environment(env, ca_dir, mesh.istiod_ip)
     istiod_log = paths.log("istiod", "out")
-    record = procs.spawn(istiod_ns, istiod.command(binary, paths.config_dir, mesh_file, networks_file),
-                         log=istiod_log, env=istiod.environment(os.environ.get("PATH", "/usr/bin:/bin")))
+    record = procs.spawn(istiod_ns, istiod.command(binary, paths.config_dir, mesh_file, networks_file, ca=mtls),
+                         log=istiod_log, env=env)
     state["processes"]["istiod"] = record
+    state["istiod_env"] = env
     save_state(workdir, state)
     istiod.wait_ready(istiod_log, is_alive=lambda: procs.alive(record["pid"], record["start"]))
-    state["istiod_env"] = istiod.environment(os.environ.get("PATH", "/usr/bin:/bin"))
 
     # the host outside the mesh
     ext = host("external", mesh.external_ip)
@@ -196,8 +206,36 @@ def _build(workdir: Path, state: dict, mesh: Mesh, binary: Path, apisix_home: Pa
             ns, workload.service.name, workload.version, workload.pod, workdir,
             **({"http": [workload.service.port]} if workload.service.protocol == "HTTP"
                else {"tcp": [workload.service.port]}))
-        state["processes"][f"{workload.pod}/agent"] = _start_agent(ns, workload, mesh, workdir, state, apisix_home)
+        state["processes"][f"{workload.pod}/agent"] = _start_agent(ns, workload, mesh, workdir, state, apisix_home,
+                                                                   issuer)
         save_state(workdir, state)
+
+
+def _start_ca(workdir: Path, state: dict, ns: str, mesh: Mesh) -> tuple[Path, ca.Issuer]:
+    """The mesh CA's ROOT_CA_DIR, and the token issuer: its key signs each pod's token (`_pod_token`), its JWKS
+    is served in istiod's namespace for istiod's JWT_RULE."""
+    ca_dir = workdir / "istio" / "cacerts"
+    ca.write_ca_dir(ca_dir)
+    for path in (workdir / "istio", ca_dir, ca_dir / "root-cert.pem"):  # the agents (UID 1337) read the root
+        path.chmod(path.stat().st_mode | 0o055)
+    issuer = ca.Issuer(f"http://{mesh.istiod_ip}:{istiod.JWKS_PORT}")
+    jwks = workdir / "istio" / "jwks"
+    jwks.mkdir(exist_ok=True)
+    (jwks / "jwks.json").write_text(json.dumps(issuer.jwks()))
+    state["processes"]["jwks"] = procs.spawn(
+        ns, [sys.executable, "-m", "http.server", "--bind", mesh.istiod_ip, "--directory", str(jwks),
+             str(istiod.JWKS_PORT)], log=Paths(workdir).log("istiod", "jwks"), env={"PATH": os.environ.get("PATH", "")})
+    return ca_dir, issuer
+
+
+def _pod_token(workdir: Path, issuer: ca.Issuer, workload: topology.Workload) -> Path:
+    """The pod's projected service-account token (audience istio-ca), readable by the sidecar only."""
+    path = Paths(workdir).pod(workload.pod) / "istio-token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(issuer.token(topology.NAMESPACE, workload.service_account, ttl=7 * 86400))
+    path.chmod(0o600)
+    os.chown(path, PROXY_UID, PROXY_GID)
+    return path
 
 
 def _start_app(ns: str, service: str, version: str, pod: str, workdir: Path, http=(), tcp=()) -> dict:
@@ -263,9 +301,13 @@ def agent_environment(workload: topology.Workload, mesh: Mesh, prefix: Path, api
 
 
 def _start_agent(ns: str, workload: topology.Workload, mesh: Mesh, workdir: Path, state: dict,
-                 apisix_home: Path) -> dict:
+                 apisix_home: Path, issuer: ca.Issuer | None = None) -> dict:
     prefix = apisix_prefix(apisix_home, Paths(workdir).pod(workload.pod) / "apisix")
     env = agent_environment(workload, mesh, prefix, state["apisix_mode"])
+    if issuer is not None:  # the workload certificate from istiod's CA; xDS stays plaintext on 15010
+        env.update(CA_ADDR=f"{mesh.istiod_ip}:{istiod.SECURE_PORT}",
+                   CA_ROOT_CA=str(workdir / "istio" / "cacerts" / "root-cert.pem"),
+                   AMESH_XDS_TOKEN=str(_pod_token(workdir, issuer, workload)))
     return procs.spawn(ns, [_tool("amesh-agent"), "run"], log=Paths(workdir).log(workload.pod, "agent"),
                        env=env, uid=PROXY_UID, gid=PROXY_GID, cwd=prefix)
 

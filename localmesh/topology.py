@@ -124,29 +124,36 @@ def service_entry(service: Service) -> dict:
     }
 
 
-def workload_entry(workload: Workload) -> dict:
+def workload_entry(workload: Workload, mtls: bool = False) -> dict:
+    """`mtls`: the pods terminate Istio mTLS (the injection template's `security.istio.io/tlsMode: istio`), so
+    istiod's auto-mTLS dials them with it."""
+    labels = dict(workload.labels, **({TLS_MODE_LABEL: "istio"} if mtls else {}))
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "WorkloadEntry",
-        "metadata": {"name": workload.pod, "namespace": NAMESPACE, "labels": workload.labels},
-        "spec": {"address": workload.ip, "labels": workload.labels, "serviceAccount": workload.service_account},
+        "metadata": {"name": workload.pod, "namespace": NAMESPACE, "labels": labels},
+        "spec": {"address": workload.ip, "labels": labels, "serviceAccount": workload.service_account},
     }
 
 
-def registry(mesh: Mesh) -> list[dict]:
+def registry(mesh: Mesh, mtls: bool = False) -> list[dict]:
     """What the mesh's services and workloads are, for istiod's config directory."""
-    return [*(service_entry(s) for s in mesh.services), *(workload_entry(w) for w in mesh.workloads)]
+    return [*(service_entry(s) for s in mesh.services), *(workload_entry(w, mtls) for w in mesh.workloads)]
 
 
-def mesh_config(mesh: Mesh, outbound_policy: str = "ALLOW_ANY") -> dict:
-    """istiod's MeshConfig. No mTLS yet (plaintext xDS, auto-mTLS off): the sidecars talk plaintext."""
+def mesh_config(mesh: Mesh, outbound_policy: str = "ALLOW_ANY", mtls: bool = False) -> dict:
+    """istiod's MeshConfig. xDS stays plaintext (15010); with `mtls` istiod is also the CA (15012) and
+    auto-mTLS is on, as in a default Istio install; without it the sidecars talk plaintext."""
     return {
         "trustDomain": DOMAIN,
         "rootNamespace": "istio-system",
-        "enableAutoMtls": False,
+        "enableAutoMtls": mtls,
         "outboundTrafficPolicy": {"mode": outbound_policy},
         "defaultConfig": {"discoveryAddress": mesh.discovery_address, "controlPlaneAuthPolicy": "NONE"},
     }
+
+
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
 
 
 def hosts_file(mesh: Mesh) -> str:

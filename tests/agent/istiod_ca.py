@@ -9,8 +9,6 @@ Tokens are RS256 JWTs signed here: kid, iss, exp, aud as a JSON array, sub syste
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import json
 import os
 import shutil
@@ -20,21 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
-
 from localmesh import istiod as istiod_mod
+from localmesh.ca import AUDIENCE, KID, Issuer, write_ca_dir  # noqa: F401  (the tests' names for them)
 from netns_tests import pods
 from tests import realapisix
 
-ISSUER = "http://127.0.0.1:15080"
 JWKS_PORT = 15080
+ISSUER = f"http://127.0.0.1:{JWKS_PORT}"
 SECURE_PORT = 15012
-AUDIENCE = "istio-ca"
 ISTIOD_NAME = "istiod.istio-system.svc"
-KID = "amesh-test-key"
 
 
 def unavailable() -> str | None:
@@ -48,74 +40,6 @@ def unavailable() -> str | None:
     return None
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "amesh-test"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _ca_cert(subject: str, key, issuer_name: x509.Name, issuer_key, days: int, pathlen: int | None):
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer_name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now).not_valid_after(now + dt.timedelta(days=days))
-               .add_extension(x509.BasicConstraints(ca=True, path_length=pathlen), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                            data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                            crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-               .add_extension(ski, critical=False))
-    if issuer_key is not key:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(cert) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def write_ca_dir(directory: Path) -> Path:
-    """ROOT_CA_DIR: root (self-signed, RSA 2048), intermediate (pathlen 0) signing; returns root-cert.pem."""
-    directory.mkdir(parents=True, exist_ok=True)
-    root_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    root = _ca_cert("amesh test root", root_key, _name("amesh test root"), root_key, 3650, None)
-    inter_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    inter = _ca_cert("amesh test intermediate", inter_key, root.subject, root_key, 1825, 0)
-    (directory / "root-cert.pem").write_bytes(_pem(root))
-    (directory / "ca-cert.pem").write_bytes(_pem(inter))
-    (directory / "cert-chain.pem").write_bytes(_pem(inter) + _pem(root))
-    (directory / "ca-key.pem").write_bytes(inter_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
-    return directory / "root-cert.pem"
-
-
-class Issuer:
-    """The JWT issuer: an RSA key, its JWKS document, RS256 tokens."""
-
-    def __init__(self) -> None:
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-    def jwks(self) -> dict:
-        numbers = self.key.public_key().public_numbers()
-        size = (numbers.n.bit_length() + 7) // 8
-        return {"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": KID,
-                          "n": _b64(numbers.n.to_bytes(size, "big")), "e": _b64(numbers.e.to_bytes(3, "big"))}]}
-
-    def token(self, namespace: str, account: str, audience: list[str] | None = None, ttl: float = 3600) -> str:
-        now = int(time.time())
-        header = {"alg": "RS256", "typ": "JWT", "kid": KID}
-        claims = {"iss": ISSUER, "sub": f"system:serviceaccount:{namespace}:{account}",
-                  "aud": audience if audience is not None else [AUDIENCE], "iat": now, "nbf": now - 5,
-                  "exp": now + int(ttl)}
-        signing = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
-        signature = self.key.sign(signing.encode(), padding.PKCS1v15(), hashes.SHA256())
-        return f"{signing}.{_b64(signature)}"
-
-
 class IstiodCA:
     """istiod in CA mode in namespace `ns` (created and removed here). `start()` may be called late (a test of
     an agent that starts before its CA); `forward` is open from construction on."""
@@ -123,7 +47,7 @@ class IstiodCA:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.ns = pods.unique_prefix() + "-istiod"
-        self.issuer = Issuer()
+        self.issuer = Issuer(ISSUER)
         self.root_cert = write_ca_dir(workdir / "cacerts")
         self.procs: list[subprocess.Popen] = []
         self.log = workdir / "istiod.log"

@@ -27,7 +27,7 @@ DAY = 86400.0
 def test_spiffe_id_and_the_tokens_service_account():
     assert certs.spiffe_id("cluster.local", "default", "productpage") == \
         "spiffe://cluster.local/ns/default/sa/productpage"
-    token = istiod_ca.Issuer().token("bookinfo", "reviews")
+    token = istiod_ca.Issuer(istiod_ca.ISSUER).token("bookinfo", "reviews")
     assert certs.token_service_account(token) == ("bookinfo", "reviews")
     assert certs.token_service_account("not-a-jwt") is None
     assert certs.token_service_account("a.eyJzdWIiOiJib2IifQ.c") is None  # sub "bob": not a service account
@@ -224,7 +224,7 @@ def test_readiness_names_the_refusal_and_an_expired_certificate(ca, tmp_path):
 
 def test_settings_follow_pilot_agents_environment(tmp_path):
     token = tmp_path / "token"
-    token.write_text(istiod_ca.Issuer().token("bookinfo", "reviews"))
+    token.write_text(istiod_ca.Issuer(istiod_ca.ISSUER).token("bookinfo", "reviews"))
     env = {"POD_NAMESPACE": "bookinfo", "ISTIO_META_CLUSTER_ID": "c1", "SECRET_TTL": "12h",
            "SECRET_GRACE_PERIOD_RATIO": "0.4"}
     got = workload.settings_from(env, ca_address="istiod:15012", root_cert=None, token=token, server_name=None,

@@ -1,0 +1,95 @@
+"""End to end, Istio mTLS between APISIX sidecars (`amesh-mesh up --mtls`): istiod 1.29 is also the mesh's CA
+(each agent gets its workload certificate with its pod's service-account token), auto-mTLS is on and the pods
+are labelled `security.istio.io/tlsMode: istio` as the injection template labels them. PeerAuthentication
+decides what the pods accept: the mesh's own traffic keeps flowing under STRICT — so it is mTLS — while a
+plaintext client outside the mesh is refused; DISABLE and PERMISSIVE let it in. A TCP service under
+auto-mTLS is closed rather than sent in plaintext until its DestinationRule says DISABLE. Each test deletes
+what it applied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from localmesh import mesh as mesh_mod, requests as req, topology
+from netns_tests.meshfixture import mesh_up
+
+HEAD = "apiVersion: {api}/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n"
+MESH_STRICT = HEAD.format(api="security.istio.io", kind="PeerAuthentication", name="default", ns="istio-system") + (
+    "  mtls: {mode: STRICT}\n")
+REVIEWS_DISABLE = HEAD.format(api="security.istio.io", kind="PeerAuthentication", name="reviews-plain",
+                              ns="default") + "  selector: {matchLabels: {app: reviews}}\n  mtls: {mode: DISABLE}\n"
+MONGODB_PLAINTEXT = HEAD.format(api="networking.istio.io", kind="DestinationRule", name="mongodb", ns="default") + (
+    "  host: mongodb.default.svc.cluster.local\n  trafficPolicy: {tls: {mode: DISABLE}}\n")
+BOOKINFO = topology.bookinfo()
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    yield from mesh_up("file", mtls=True)
+
+
+def _file(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def _from_outside(workdir: Path, pod: str) -> int:
+    """A plaintext request from the host outside the mesh straight to the pod's address (0: refused)."""
+    ip = BOOKINFO.workload(pod).ip
+    return req.send(workdir, "external", f"http://{ip}:9080/", timeout=5).status
+
+
+def _mesh_answers(workdir: Path) -> set[str]:
+    responses = [req.send(workdir, "productpage-v1", "http://reviews:9080/") for _ in range(6)]
+    assert all(r.status == 200 for r in responses), [r.as_dict() for r in responses if r.status != 200]
+    return {req.answered_by(r) for r in responses}
+
+
+def test_every_sidecar_has_its_workload_identity_from_istiod(mesh):
+    state = mesh_mod.load_state(mesh)
+    for workload in BOOKINFO.workloads:
+        status = mesh_mod.admin_json(mesh_mod.namespace(state["prefix"], workload.pod), "/status") or {}
+        certificate = (status.get("workload_certificate") or {}).get("certificate") or {}
+        assert certificate.get("san") == [f"spiffe://cluster.local/ns/default/sa/{workload.service_account}"], status
+
+
+def test_permissive_by_default_serves_the_mesh_and_plaintext_from_outside(mesh):
+    assert _mesh_answers(mesh) <= {"reviews v1", "reviews v2", "reviews v3"}
+    assert _from_outside(mesh, "reviews-v1") == 200
+
+
+def test_strict_keeps_the_mesh_flowing_and_refuses_plaintext(mesh, tmp_path):
+    strict = _file(tmp_path, "strict", MESH_STRICT)
+    mesh_mod.apply(mesh, [strict])
+    try:
+        assert _mesh_answers(mesh) <= {"reviews v1", "reviews v2", "reviews v3"}
+        assert req.send(mesh, "reviews-v2", "http://ratings:9080/ratings/0").status == 200
+        for pod in ("reviews-v1", "productpage-v1", "ratings-v1"):
+            assert _from_outside(mesh, pod) == 0, pod
+        # DISABLE on reviews: plaintext from outside again, and the mesh still reaches it
+        disable = _file(tmp_path, "reviews-disable", REVIEWS_DISABLE)
+        mesh_mod.apply(mesh, [disable])
+        try:
+            assert _from_outside(mesh, "reviews-v1") == 200
+            assert _mesh_answers(mesh)
+            assert _from_outside(mesh, "productpage-v1") == 0
+        finally:
+            mesh_mod.delete(mesh, [disable])
+    finally:
+        mesh_mod.delete(mesh, [strict])
+    assert _from_outside(mesh, "reviews-v1") == 200
+
+
+def test_tcp_under_auto_mtls_is_closed_until_its_destination_rule_says_plaintext(mesh, tmp_path):
+    closed = req.send(mesh, "ratings-v1", "tcp://mongodb:27017", data="ping", timeout=5)
+    assert closed.status != 200, closed.as_dict()
+    plaintext = _file(tmp_path, "mongodb-plaintext", MONGODB_PLAINTEXT)
+    mesh_mod.apply(mesh, [plaintext])
+    try:
+        served = req.send(mesh, "ratings-v1", "tcp://mongodb:27017", data="ping")
+        assert served.status == 200 and served.as_dict()["body"]["replies"] == ["mongodb-v1 ping"], served.as_dict()
+    finally:
+        mesh_mod.delete(mesh, [plaintext])
