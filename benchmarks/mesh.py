@@ -2,7 +2,7 @@
 VirtualService write to the new route serving, and the memory of a sidecar (agent + APISIX) per pod.
 
     /work/venv-sys/bin/python benchmarks/mesh.py [--apisix-mode file|api | --modes file,api]
-        [--seconds 5] [--repeat 3] [--workdir DIR] [--json]
+        [--transports plaintext,mtls] [--seconds 5] [--repeat 3] [--workdir DIR] [--json]
 
 Needs Debian's `hey` and `wrk` (apt-get install hey wrk).
 
@@ -33,6 +33,11 @@ stays inside the mesh's network namespaces.
    its log: the write → "Triggering reload" (its file watch) → the push to productpage-v1 (after its
    PILOT_DEBOUNCE_AFTER, 100 ms by default); the rest is the agent's translation and APISIX taking the
    document (Admin API, or its 1 s poll of apisix.yaml in file mode).
+With `--transports plaintext,mtls` each mode runs twice: plaintext sidecars, then `amesh-mesh up --mtls`
+(istiod's CA, workload certificates, auto-mTLS) with a mesh-wide PeerAuthentication STRICT, so that the hop
+between the two sidecars is Istio mTLS; the difference of the two "added" rows is what mTLS costs, and the
+one-request-per-connection rows are one full mTLS handshake per request (their req/s per APISIX CPU-second
+is handshakes per second per worker, client and server side).
 3. Memory per pod after sync (Bookinfo's rules applied, before any load): RSS and PSS
    (/proc/<pid>/smaps_rollup) of the agent and of APISIX (master, workers, privileged agent). RSS counts
    the pages the workers share with their master once per process; PSS divides them, so PSS sums.
@@ -65,6 +70,8 @@ from localmesh.client import http_request  # noqa: E402
 BOOKINFO_RULES = [REPO / "e2e/bookinfo/networking/destination-rule-all.yaml",
                   REPO / "e2e/bookinfo/networking/virtual-service-all-v1.yaml"]
 CLIENT_POD, SERVER_POD = "productpage-v1", "reviews-v1"
+MESH_STRICT = ("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+               "metadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n")
 # the baseline's plain namespaces, on the mesh's bridge (named with the mesh's prefix, so `down` removes them)
 BENCH_SERVER_IP, BENCH_CLIENT_IP = "10.77.0.240", "10.77.0.241"
 RATE, CONNECTIONS = 1000, 16
@@ -350,18 +357,24 @@ def memory(prefix: str, pods: list[str]) -> dict:
 
 
 # -- one mesh ----------------------------------------------------------------------------------------------
-def run_mode(mode: str, workdir: Path, seconds: int, repeat: int) -> dict:
+def run_mode(mode: str, workdir: Path, seconds: int, repeat: int, mtls: bool = False) -> dict:
     workdir = workdir.resolve()
     if mesh_mod.Paths(workdir).state.exists() or netns.listed(mesh_mod.prefix_for(workdir)):
         raise SystemExit(f"a mesh is already up in {workdir}: amesh-mesh down --workdir {workdir}, or pass "
                          "another --workdir (this benchmark only uses a mesh it brought up itself)")
     try:
         log(f"{mode}: mesh up in {workdir}")
-        state = mesh_mod.up(workdir, apisix_mode=mode, log=lambda m: None)
-        mesh_mod.apply(workdir, BOOKINFO_RULES)
+        state = mesh_mod.up(workdir, apisix_mode=mode, mtls=mtls, log=lambda m: None)
+        rules = list(BOOKINFO_RULES)
+        if mtls:
+            strict = workdir / "bench-strict.yaml"
+            strict.write_text(MESH_STRICT)
+            rules.append(strict)
+        mesh_mod.apply(workdir, rules)
         state = mesh_mod.load_state(workdir)
         # the host is shared: its load says how much of the figures is other people's CPU
-        result: dict = {"apisix_mode": mode, "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0]}
+        result: dict = {"apisix_mode": mode, "transport": "mtls" if mtls else "plaintext", "cpus": os.cpu_count(),
+                        "loadavg_start": os.getloadavg()[0]}
         log(f"{mode}: memory after sync")
         wait_settled(state["prefix"], state["pods"])
         result["memory"] = memory(state["prefix"], state["pods"])
@@ -395,7 +408,8 @@ def table(results: list[dict]) -> str:
     lines = []
     for r in results:
         mode, dp, cc, mem = r["apisix_mode"], r["data_path"], r["config_change"], r["memory"]
-        lines.append(f"== APISIX {mode} mode; {dp['workers_per_sidecar']} workers per sidecar; "
+        lines.append(f"== APISIX {mode} mode, {r.get('transport', 'plaintext')} between the sidecars; "
+                     f"{dp['workers_per_sidecar']} workers per sidecar; "
                      f"paced {dp['rate']} req/s over {dp['connections']} connections; median of {dp['repeat']} runs; "
                      f"host load average {r['loadavg_start']:.1f} -> {r['loadavg_end']:.1f} on {r['cpus']} CPUs")
         lines.append(f"{'measure':58} {'value':>26}  {'target':>22}  verdict")
@@ -450,6 +464,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--apisix-mode", choices=["file", "api"], default="file", help="one mode")
     parser.add_argument("--modes", help="comma-separated modes, one mesh each in turn (e.g. file,api)")
+    parser.add_argument("--transports", default="plaintext",
+                        help="comma-separated: plaintext and/or mtls (Istio mTLS between the sidecars, STRICT)")
     parser.add_argument("--seconds", type=int, default=5, help="per load run (default 5)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per data-path figure, median taken (default 3)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/amesh-bench-mesh"))
@@ -463,13 +479,17 @@ def main() -> None:
     modes = args.modes.split(",") if args.modes else [args.apisix_mode]
     if any(m not in ("file", "api") for m in modes):
         raise SystemExit(f"--modes: file and/or api, not {args.modes}")
+    transports = args.transports.split(",")
+    if any(t not in ("plaintext", "mtls") for t in transports):
+        raise SystemExit(f"--transports: plaintext and/or mtls, not {args.transports}")
     results, failed = [], []
-    for mode in modes:  # a failed mode (its mesh already down) does not lose the others' figures
-        try:
-            results.append(run_mode(mode, args.workdir, args.seconds, args.repeat))
-        except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
-            log(f"{mode}: FAILED: {type(exc).__name__}: {exc}")
-            failed.append({"apisix_mode": mode, "error": f"{type(exc).__name__}: {exc}"})
+    for mode in modes:  # a failed run (its mesh already down) does not lose the others' figures
+        for transport in transports:
+            try:
+                results.append(run_mode(mode, args.workdir, args.seconds, args.repeat, mtls=transport == "mtls"))
+            except Exception as exc:  # noqa: BLE001 - reported, and the exit status says so
+                log(f"{mode}/{transport}: FAILED: {type(exc).__name__}: {exc}")
+                failed.append({"apisix_mode": mode, "transport": transport, "error": f"{type(exc).__name__}: {exc}"})
     print(json.dumps(results + failed, indent=1) if args.json else table(results))
     sys.exit(1 if failed else 0)
 

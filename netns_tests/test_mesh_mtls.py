@@ -22,6 +22,14 @@ REVIEWS_DISABLE = HEAD.format(api="security.istio.io", kind="PeerAuthentication"
                               ns="default") + "  selector: {matchLabels: {app: reviews}}\n  mtls: {mode: DISABLE}\n"
 MONGODB_PLAINTEXT = HEAD.format(api="networking.istio.io", kind="DestinationRule", name="mongodb", ns="default") + (
     "  host: mongodb.default.svc.cluster.local\n  trafficPolicy: {tls: {mode: DISABLE}}\n")
+RATINGS_FROM_REVIEWS = HEAD.format(api="security.istio.io", kind="AuthorizationPolicy", name="ratings-from-reviews",
+                                   ns="default") + (
+    "  selector: {matchLabels: {app: ratings}}\n  action: ALLOW\n"
+    "  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/default/sa/bookinfo-reviews]}\n")
+DENY_OTHER_NAMESPACES = HEAD.format(api="security.istio.io", kind="AuthorizationPolicy", name="details-ns",
+                                    ns="default") + (
+    "  selector: {matchLabels: {app: details}}\n  action: DENY\n"
+    "  rules:\n  - from:\n    - source: {notNamespaces: [default]}\n")
 BOOKINFO = topology.bookinfo()
 
 
@@ -93,3 +101,19 @@ def test_tcp_under_auto_mtls_is_closed_until_its_destination_rule_says_plaintext
         assert served.status == 200 and served.as_dict()["body"]["replies"] == ["mongodb-v1 ping"], served.as_dict()
     finally:
         mesh_mod.delete(mesh, [plaintext])
+
+
+def test_authorization_by_workload_identity(mesh, tmp_path):
+    """AuthorizationPolicy principals / namespaces: the peer is known from its verified client certificate."""
+    policies = [_file(tmp_path, "ratings", RATINGS_FROM_REVIEWS), _file(tmp_path, "details", DENY_OTHER_NAMESPACES)]
+    mesh_mod.apply(mesh, policies)
+    try:
+        assert req.send(mesh, "reviews-v2", "http://ratings:9080/ratings/0").status == 200
+        denied = req.send(mesh, "productpage-v1", "http://ratings:9080/ratings/0")
+        assert (denied.status, denied.body) == (403, b"RBAC: access denied"), denied.as_dict()
+        assert _from_outside(mesh, "ratings-v1") == 403  # plaintext: no principal
+        assert req.send(mesh, "productpage-v1", "http://details:9080/details/0").status == 200  # same namespace
+        assert _from_outside(mesh, "details-v1") == 403  # no identity, so no namespace either
+    finally:
+        mesh_mod.delete(mesh, policies)
+    assert req.send(mesh, "productpage-v1", "http://ratings:9080/ratings/0").status == 200

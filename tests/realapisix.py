@@ -245,6 +245,9 @@ class Apisix:
 
     def listeners(self) -> list[tuple[str, int]]:
         out = [("127.0.0.1", int(item["port"])) for item in self.conf["apisix"]["node_listen"]]
+        ssl = self.conf["apisix"].get("ssl") or {}
+        if ssl.get("enable"):
+            out += [("127.0.0.1", int(item["port"])) for item in ssl.get("listen", [])]
         for item in self.conf["apisix"].get("stream_proxy", {}).get("tcp", []):
             host, _, port = str(item["addr"]).rpartition(":")
             if not host.startswith("["):

@@ -203,11 +203,15 @@ def fragment(settings: DataPathSettings) -> dict[str, Any]:
     everything = internal_ports(s)
     ports = {k: p for k, p in everything.items() if k[0] is not Direction.INBOUND_TLS}
     tls = sorted((p, port) for (d, port), p in everything.items() if d is Direction.INBOUND_TLS)
+    # an HTTP port's mTLS ends in the HTTP subsystem (its routes see the client certificate); a TCP port's
+    # in a stream TLS listener
+    http_tls = [(p, port) for p, port in tls if port in s.inbound_http_ports]
+    stream_tls = [(p, port) for p, port in tls if port not in s.inbound_http_ports]
     # the mirror listener is always there (so an http server never lacks a `listen`, which would
     # take nginx's default *:80); a new mirror needs no reload
     listen_ports = sorted([*ports.values(), s.mirror_port])
     node_listen = [{"ip": "127.0.0.1", "port": p} for p in listen_ports]
-    inbound_internal = sorted(p for (d, _), p in ports.items() if d is Direction.INBOUND)
+    inbound_internal = sorted([*(p for (d, _), p in ports.items() if d is Direction.INBOUND), *(p for p, _ in http_tls)])
     # proxy_bind takes variables; an empty value binds nothing (outbound upstreams, and the mirror
     # listener's: a copy goes to the mirrored cluster like an outbound request). APISIX's own
     # /proxy_mirror location has no proxy_bind either: the copy reaches 127.0.0.1 unbound.
@@ -229,8 +233,12 @@ def fragment(settings: DataPathSettings) -> dict[str, Any]:
             "proxy_mode": "http&stream",
             "stream_proxy": {
                 "tcp": [{"addr": a} for p in (s.outbound_port, s.inbound_port) for a in _listen(p, s.ipv6)]
-                + [{"addr": f"127.0.0.1:{p}", "tls": True} for p, _ in tls],
+                + [{"addr": f"127.0.0.1:{p}", "tls": True} for p, _ in stream_tls],
             },
+            # APISIX's TLS listeners: only the inbound mTLS ones of HTTP ports (the default 9443 takes a port
+            # the app may want; apisix/config.py turns it off)
+            **({"ssl": {"enable": True, "listen": [{"ip": "127.0.0.1", "port": p} for p, _ in http_tls]}}
+               if http_tls else {}),
             "extra_lua_path": f"{s.lua_dir}/?.lua",
             "lua_module_hook": HOOK,
         },
@@ -254,7 +262,7 @@ def fragment(settings: DataPathSettings) -> dict[str, Any]:
                 "map $server_port $amesh_stream_bind {\n"
                 "        default \"\";\n"
                 f"        {s.inbound_port} {INBOUND_SOURCE_V4};\n"
-                + "".join(f"        {p} {INBOUND_SOURCE_V4};\n" for p, _ in tls) +
+                + "".join(f"        {p} {INBOUND_SOURCE_V4};\n" for p, _ in stream_tls) +
                 "    }\n"
                 "    proxy_bind $amesh_stream_bind;"),
         },
@@ -263,7 +271,8 @@ def fragment(settings: DataPathSettings) -> dict[str, Any]:
                 # the mirror listener has no original port: routes there match the direction only
                 "http_ports": {str(p): ({"port": port, "direction": d.value} if d is not None
                                         else {"direction": MIRROR_DIRECTION})
-                               for (d, port), p in sorted([*ports.items(), ((None, None), s.mirror_port)],
+                               for (d, port), p in sorted([*ports.items(), ((None, None), s.mirror_port),
+                                                           *(((Direction.INBOUND, port), p) for p, port in http_tls)],
                                                           key=lambda kv: kv[1])},
                 "inbound_port": s.inbound_port,
                 "outbound_port": s.outbound_port,

@@ -15,7 +15,8 @@ binds it per internal listener); a STATIC cluster (Istio ≤ 1.9) to its endpoin
 no CDS entry the modern behaviour is assumed. Transport-protocol / ALPN matches (mTLS vs plaintext
 twins of a chain) collapse into one: the chain without TLS gives the routes. With a workload certificate
 (`tls_listeners`), a port with a TLS chain gets `amesh-mtls` on its front routes (TLS to the port's TLS
-listener; plaintext served only if a plaintext chain exists) and a route on that TLS listener to the
+listener; plaintext served only if a plaintext chain exists); an HTTP port's TLS listener is an HTTP one
+where its HTTP routes run (they see the client certificate), a TCP port's a stream one with a route to the
 same upstream (docs/data-path.md, "Inbound mTLS").
 
 Security (rbac.py, docs/translation.md "Fail closed"): a chain's RBAC filters become the `amesh-rbac`
@@ -109,8 +110,9 @@ def translate_inbound(listener, pod_ips: Sequence[str], internal: Mapping[int, i
             for route in front:  # TLS to the port's TLS listener, plaintext as the chains allow
                 route.setdefault("plugins", {})[datapath.TLS_PLUGIN] = {"tls_port": tls_listeners[port],
                                                                        "plaintext": PLAIN in modes}
-            stream_routes += _guarded(_stream_routes(f"inbound|{port}|{kind}|tls", [TLS_LISTENER_ADDRESS],
-                                                     tls_listeners[port], target_id), network)
+            if kind == "tcp":  # an HTTP port's TLS listener is an HTTP one: the port's HTTP routes serve it
+                stream_routes += _guarded(_stream_routes(f"inbound|{port}|tcp|tls", [TLS_LISTENER_ADDRESS],
+                                                         tls_listeners[port], target_id), network)
         stream_routes += front
     # undeclared ports: to the original port on the pod (passthrough plugin sets the node)
     passthrough = _upstream("amesh-passthrough|inbound", [], dict(PASSTHROUGH_LABEL, **{"amesh.bind": target[1]}))

@@ -16,12 +16,13 @@ filter, then DENY, ALLOW, AUDIT=LOG). Envoy runs them in order; so does the plug
 A match tree node is one of `{"any": true}`, `{"and": [..]}`, `{"or": [..]}`, `{"not": node}`,
 `{"header": name, "string": SM | "present": bool, "invert": bool, "missing_empty": bool}`,
 `{"path": SM}`, `{"port": n}`, `{"port_range": [start, end)}`, `{"source_ip": cidr}`,
-`{"destination_ip": cidr}`, or `{"unknown": why}`; SM is `{"exact"|"prefix"|"suffix"|"contains"|
+`{"destination_ip": cidr}`, `{"authenticated": SM | {}}` (the mTLS peer's SPIFFE id: its verified client
+certificate's URI SAN; `{}` any authenticated peer; a plaintext connection has none), or
+`{"unknown": why}`; SM is `{"exact"|"prefix"|"suffix"|"contains"|
 "regex": s, "ignore_case": bool}`. The plugin evaluates in three-valued logic: an `unknown` node (a
 matcher it cannot evaluate) is neither true nor false, and a policy whose result is unknown counts as
 matching in DENY (it might match: denied) and as not matching in ALLOW (it cannot allow). So the sidecar
-never allows what Envoy would deny. Unknown today: principals (mTLS peer identity: `authenticated`,
-`filter_state io.istio.peer_principal`; inbound mTLS is not implemented), request principals / JWT
+never allows what Envoy would deny. Unknown today: request principals / JWT
 claims (`metadata istio_authn`), the client address on HTTP chains (the internal HTTP listener sees the
 stream front's 127.0.0.1), the destination address on HTTP chains, SNI, and every other matcher.
 Every unknown node in an enforcing filter is reported with effect "denied".
@@ -262,6 +263,9 @@ def _permission(permission, where: _Where) -> dict:
     return where.unknown(f"{what}.{kind}[not supported")
 
 
+PEER_PRINCIPAL = "io.istio.peer_principal"
+
+
 def _principal(principal, where: _Where) -> dict:
     kind = principal.WhichOneof("identifier")
     what = "principals"
@@ -281,8 +285,19 @@ def _principal(principal, where: _Where) -> dict:
         return _header(principal.header, where, what)
     if kind == "url_path":
         return _path(principal.url_path, where, what)
-    if kind in ("authenticated", "filter_state"):
-        return where.unknown(f"{what}.{kind}[peer principal needs mTLS, not implemented")
+    if kind == "authenticated":  # the verified client certificate's URI SAN (or any, without a name)
+        if not principal.authenticated.HasField("principal_name"):
+            return {"authenticated": {}}
+        sm = _string(principal.authenticated.principal_name, where, what)
+        return {"authenticated": sm} if sm is not None else where.unknown(
+            f"{what}.authenticated.principal_name[matcher not supported")
+    if kind == "filter_state":  # Istio ≥ 1.22 names the peer by the filter state its mTLS sets
+        state = principal.filter_state
+        if state.key != PEER_PRINCIPAL or state.WhichOneof("matcher") != "string_match":
+            return where.unknown(f"{what}.filter_state[{state.key}: only {PEER_PRINCIPAL} strings")
+        sm = _string(state.string_match, where, what)
+        return {"authenticated": sm} if sm is not None else where.unknown(
+            f"{what}.filter_state.string_match[matcher not supported")
     if kind == "metadata":
         return where.unknown(f"{what}.metadata[request principal / JWT not supported")
     return where.unknown(f"{what}.{kind}[not supported")

@@ -36,23 +36,31 @@ def _document(tls: dict[int, int]) -> dict:
                   "nodes": [{"host": "127.0.0.1", "port": 17777, "weight": 1}]},
                  {"id": "us-inbound-http", "type": "roundrobin", "scheme": "tcp",
                   "nodes": [{"host": "127.0.0.1", "port": 15600, "weight": 1}]}]
+    # the port's HTTP routes serve its plaintext (internal listener) and its TLS listener alike
+    # and an AuthorizationPolicy as translate/rbac.py writes it: /secure* only from the sleep workload's identity
     routes = [{"id": "r-app", "uri": "/*", "priority": 100, "upstream_id": "u-app",
-               "vars": [["amesh_direction", "==", "inbound"], ["original_dst_port", "==", PERMISSIVE]]}]
+               "vars": [["amesh_direction", "==", "inbound"], ["original_dst_port", "==", PERMISSIVE]],
+               "plugins": {"amesh-rbac": {"filters": [{"action": "ALLOW", "name": "allow", "policies": [
+                   {"name": "open", "permissions": [{"not": {"path": {"prefix": "/secure"}}}],
+                    "principals": [{"any": True}]},
+                   {"name": "sleep-only", "permissions": [{"path": {"prefix": "/secure"}}],
+                    "principals": [{"authenticated": {"exact": CLIENT_ID}}]}]}]}}}]
     stream_routes = [
         {"id": "s-8080", "server_addr": POD_V4, "server_port": PERMISSIVE, "upstream_id": "us-inbound-http",
          "plugins": {datapath.TLS_PLUGIN: {"tls_port": tls[PERMISSIVE], "plaintext": True}}},
-        {"id": "s-8080-tls", "server_addr": "127.0.0.1", "server_port": tls[PERMISSIVE],
-         "upstream_id": "us-inbound-http"},
         {"id": "s-7100", "server_addr": POD_V4, "server_port": STRICT, "upstream_id": "us-app",
          "plugins": {datapath.TLS_PLUGIN: {"tls_port": tls[STRICT], "plaintext": False}}},
-        {"id": "s-7100-tls", "server_addr": "127.0.0.1", "server_port": tls[STRICT], "upstream_id": "us-app"},
+        {"id": "s-7100-tls", "server_addr": "127.0.0.1", "server_port": tls[STRICT], "upstream_id": "us-app",
+         "plugins": {"amesh-rbac": {"filters": [{"action": "DENY", "name": "deny", "policies": [
+             {"name": "no-ratings", "permissions": [{"any": True}],
+              "principals": [{"authenticated": {"exact": TRUST + "ratings"}}]}]}]}}},
         {"id": "s-7101", "server_addr": POD_V4, "server_port": DISABLE, "upstream_id": "us-app"},
     ]
     return {"routes": routes, "upstreams": upstreams, "stream_routes": sorted(stream_routes, key=precedence)}
 
 
 CLIENT = r"""
-import json, socket, ssl, sys
+import http.client, json, socket, ssl, sys
 args = json.loads(sys.argv[1])
 out = {}
 try:
@@ -66,12 +74,20 @@ try:
         ctx.set_alpn_protocols(args["alpn"])
         raw = ctx.wrap_socket(raw, server_hostname=args["sni"])
         out["server"] = [v for k, v in raw.getpeercert().get("subjectAltName", ()) if k == "URI"]
-    raw.sendall(b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
-    data = b""
-    while chunk := raw.recv(65536):
-        data += chunk
-    out["status"] = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/") else 0
-except (OSError, ssl.SSLError, ValueError, IndexError) as exc:
+        if args["alpn"][-1] == "h2":  # what the server selected; an HTTP/2 exchange is not this client's
+            out["alpn"] = raw.selected_alpn_protocol()
+            print(json.dumps(out))
+            sys.exit(0)
+    statuses = []
+    for _ in range(args.get("requests", 1)):  # keep-alive: every request on the one connection
+        conn = http.client.HTTPConnection("app")
+        conn.sock = raw
+        conn.request("GET", args.get("path", "/"), headers={"Host": "app"})
+        response = conn.getresponse()
+        response.read()
+        statuses.append(response.status)
+    out["status"] = statuses[0] if len(set(statuses)) == 1 else statuses
+except (OSError, ssl.SSLError, ValueError, IndexError, http.client.HTTPException) as exc:
     out["status"], out["error"] = 0, type(exc).__name__ + ": " + str(exc)
 print(json.dumps(out))
 """
@@ -98,13 +114,15 @@ def pod(captured_pod):
     client = {"root": str(mesh.dir / "root-cert.pem")}
     client["cert"], client["key"] = map(str, mesh.files(CLIENT_ID, base / "client"))
     forged = dict(zip(("cert", "key"), map(str, forger.files(CLIENT_ID, base / "forged"))))
+    other = dict(zip(("cert", "key"), map(str, mesh.files(TRUST + "ratings", base / "other"))))
     with app, realapisix.running(apisix_config.render_yaml(settings, dp), ns=network.pod,
                                  document=document) as apisix:
-        yield {"ns": network.other, "apisix": apisix, "client": client, "forged": forged}
+        yield {"ns": network.other, "apisix": apisix, "client": client, "forged": forged, "other": other}
 
 
-def dial(pod, port: int, *, tls: bool, alpn=HTTP_ALPN, client: dict | None = None) -> dict:
-    args = {"host": POD_V4, "port": port, "tls": tls, "alpn": alpn,
+def dial(pod, port: int, *, tls: bool, alpn=HTTP_ALPN, client: dict | None = None, requests: int = 1,
+         path: str = "/") -> dict:
+    args = {"host": POD_V4, "port": port, "tls": tls, "alpn": alpn, "requests": requests, "path": path,
             "sni": f"outbound_.{port}_._.app.default.svc.cluster.local", **pod["client"], **(client or {})}
     out = subprocess.run(["ip", "netns", "exec", pod["ns"], sys.executable, "-c", CLIENT, json.dumps(args)],
                          capture_output=True, text=True, timeout=30)
@@ -113,8 +131,13 @@ def dial(pod, port: int, *, tls: bool, alpn=HTTP_ALPN, client: dict | None = Non
 
 
 def test_permissive_serves_mtls_with_the_workload_identity(pod):
-    got = dial(pod, PERMISSIVE, tls=True)
+    got = dial(pod, PERMISSIVE, tls=True, requests=3)  # keep-alive on the TLS connection
     assert got == {"server": [POD_ID], "status": 200}
+
+
+def test_http2_is_negotiated_on_the_http_tls_listener(pod):
+    got = dial(pod, PERMISSIVE, tls=True, alpn=["istio-h2", "istio", "h2"])
+    assert got.get("alpn") == "h2", got
 
 
 def test_permissive_serves_plaintext(pod):
@@ -146,3 +169,15 @@ def test_a_forged_client_certificate_is_refused(pod, port):
     got = dial(pod, port, tls=True, client=pod["forged"])
     assert got["status"] == 0
 
+
+
+def test_authorization_by_the_peer_identity_from_its_certificate(pod):
+    assert dial(pod, PERMISSIVE, tls=True, path="/secure/x")["status"] == 200
+    assert dial(pod, PERMISSIVE, tls=True, path="/secure/x", client=pod["other"])["status"] == 403
+    assert dial(pod, PERMISSIVE, tls=False, path="/secure/x")["status"] == 403  # plaintext: no principal
+    assert dial(pod, PERMISSIVE, tls=True, path="/open", client=pod["other"])["status"] == 200
+
+
+def test_tcp_authorization_by_the_peer_identity(pod):
+    assert dial(pod, STRICT, tls=True, alpn=TCP_ALPN)["status"] == 200
+    assert dial(pod, STRICT, tls=True, alpn=TCP_ALPN, client=pod["other"])["status"] == 0  # closed

@@ -243,9 +243,13 @@ def test_deny_admin_guards_every_http_route_and_the_tcp_side():
     assert len(passthrough) == 2 and passthrough[0]["filters"][0]["policies"][0]["permissions"] == [{"any": True}]
 
 
-def test_principals_and_jwt_fail_closed_and_are_reported_denied():
+def test_peer_principals_are_matched_and_jwt_fails_closed():
     got = outcome(SCENARIOS["principals"]())
-    assert any("filter_state[peer principal needs mTLS" in d for d in got["denied"])
+    assert not any("filter_state" in d for d in got["denied"])
+    http = [v for k, v in got["amesh-rbac"].items() if k.startswith("route ")]
+    principals = [p for conf in http for f in conf["filters"] for pol in f["policies"] for p in pol["principals"]]
+    assert {"authenticated": {"exact": "spiffe://cluster.local/ns/default/sa/good"}} in principals
+    assert {"authenticated": {"exact": "spiffe://cluster.local/ns/default/sa/bad"}} in principals
     got = outcome(SCENARIOS["jwt-and-not"]())
     assert any("metadata[request principal / JWT not supported" in d for d in got["denied"])
 
@@ -314,3 +318,19 @@ def test_schema_refuses_a_bad_configuration(schema_dir):
 
 def test_golden_is_json():
     json.loads(GOLDEN_FILE.read_text())
+
+
+def test_authenticated_forms_and_other_filter_states():
+    from sidecar_agent.translate.report import Coverage
+
+    where = rbac._Where(Coverage("listener", "x"), "rbac", True)
+    any_peer = R.Principal()
+    any_peer.authenticated.SetInParent()
+    assert rbac._principal(any_peer, where) == {"authenticated": {}}
+    named = R.Principal()
+    named.authenticated.principal_name.safe_regex.regex = "spiffe://[^/]+/ns/default/.*"  # Istio `namespaces`
+    assert rbac._principal(named, where) == {"authenticated": {"regex": "spiffe://[^/]+/ns/default/.*"}}
+    other = R.Principal()
+    other.filter_state.key = "io.istio.something_else"
+    other.filter_state.string_match.exact = "x"
+    assert "unknown" in rbac._principal(other, where)

@@ -131,27 +131,19 @@ else
     end
 end
 
--- Inbound mTLS (amesh.mtls_server): APISIX's stream TLS phases, on our TLS listeners only.
-if subsystem == "stream" and attr.mtls_dir and next(tls_ports) then
+-- Inbound mTLS (amesh.mtls_server): APISIX's TLS phases on our TLS listeners only (HTTP ones for the pod's
+-- HTTP ports, stream ones for its TCP ports); every other TLS handshake stays APISIX's.
+if attr.mtls_dir and next(tls_ports) then
     local mtls_server = require("amesh.mtls_server")
     require("amesh.workload_cert").configure(attr.mtls_dir)
     local apisix = require("apisix")
     local client_hello, certificate = apisix.ssl_client_hello_phase, apisix.ssl_phase
+    -- what APISIX's HTTP access phase reads of the `ssls` object a handshake matched: none, no client rules
+    local NO_SSL_OBJECT = { value = {} }
     apisix.ssl_client_hello_phase = function(...)
         if not mtls_server.ours(tls_ports) then
             return client_hello(...)
         end
-    end
-    -- APISIX looks every TLS stream connection's SNI up in its `ssls` (and logs an error when none has
-    -- it): on our listeners there is nothing to look up, the SNI is Istio's outbound_… name
-    local apisix_ssl = require("apisix.ssl")
-    local server_name = apisix_ssl.server_name
-    apisix_ssl.server_name = function(...)
-        local ok, port = pcall(function() return ngx.var.server_port end) -- no ngx.var in the TLS phases
-        if ok and tls_ports[port] then
-            return nil
-        end
-        return server_name(...)
     end
     apisix.ssl_phase = function(...)
         if not mtls_server.ours(tls_ports) then
@@ -161,6 +153,22 @@ if subsystem == "stream" and attr.mtls_dir and next(tls_ports) then
         if not ok then
             ngx.log(ngx.ERR, "amesh inbound mTLS: no certificate to serve: ", err)
             return ngx.exit(ngx.ERROR)
+        end
+        if subsystem == "http" then
+            ngx.ctx.matched_ssl = NO_SSL_OBJECT
+        end
+    end
+    if subsystem == "stream" then
+        -- APISIX looks every TLS stream connection's SNI up in its `ssls` (and logs an error when none has
+        -- it): on our listeners there is nothing to look up, the SNI is Istio's outbound_… name
+        local apisix_ssl = require("apisix.ssl")
+        local server_name = apisix_ssl.server_name
+        apisix_ssl.server_name = function(...)
+            local ok, port = pcall(function() return ngx.var.server_port end) -- no ngx.var in the TLS phases
+            if ok and tls_ports[port] then
+                return nil
+            end
+            return server_name(...)
         end
     end
 end

@@ -1,4 +1,5 @@
--- Inbound mTLS termination on the TLS listeners (stream, 127.0.0.1, one per pod port with mTLS chains:
+-- Inbound mTLS termination on the TLS listeners (127.0.0.1, one per pod port with mTLS chains: HTTP ones
+-- for HTTP ports, stream ones for TCP ports;
 -- plugin_attr.amesh.tls_ports; docs/data-path.md "Inbound mTLS"). The stream front on 15006 sends a
 -- connection there when its first byte starts a TLS handshake (plugin amesh-mtls). Here, instead of
 -- APISIX's SNI-keyed `ssls` (Envoy clients send Istio's outbound_… SNI, or none), every handshake gets

@@ -7,8 +7,8 @@
 -- The filters run in order, as Envoy runs its RBAC filters: DENY refuses when a policy matches, ALLOW
 -- refuses unless one matches, LOG only logs. A policy matches when one of its permissions and one of
 -- its principals match. Match trees are evaluated in three-valued logic: a node the sidecar cannot
--- evaluate ({unknown = why}: peer principals without mTLS, JWT claims, the client address behind the
--- stream front, …) is neither true nor false, and an undecided policy counts as matching in DENY and
+-- evaluate ({unknown = why}: JWT claims, the client address behind the stream front, …) is neither true nor
+-- false, and an undecided policy counts as matching in DENY and
 -- as not matching in ALLOW: the sidecar never allows what Envoy would refuse.
 --
 -- HTTP: rewrite phase, before every other route plugin (fault-injection is 11000) as Envoy's RBAC filter
@@ -17,6 +17,7 @@
 
 local core = require("apisix.core")
 local ipmatcher = require("resty.ipmatcher")
+local openssl_x509 = require("resty.openssl.x509")
 
 local plugin_name = "amesh-rbac"
 local is_http = ngx.config.subsystem == "http"
@@ -93,6 +94,33 @@ local function header_value(ctx, name)
         return table.concat(value, ",") -- Envoy joins repeated headers with ","
     end
     return value
+end
+
+-- The mTLS peer's SPIFFE id (the URI SAN of the client certificate the TLS listener verified against the
+-- mesh root), or nil on a plaintext connection. Only plaintext reaches the inbound listeners without TLS:
+-- amesh-mtls sends every TLS connection to the port's TLS listener (HTTP: its routes run there).
+local peer_ids = require("resty.lrucache").new(256) -- client certificate PEM -> its URI SAN
+local function peer_identity()
+    local pem = ngx.var.ssl_client_raw_cert
+    if not pem or pem == "" then
+        return nil
+    end
+    local id = peer_ids:get(pem)
+    if id == nil then
+        id = false
+        local cert = openssl_x509.new(pem)
+        local names = cert and cert:get_subject_alt_name()
+        if names then
+            for kind, value in names:each() do
+                if kind == "URI" then
+                    id = value
+                    break
+                end
+            end
+        end
+        peer_ids:set(pem, id)
+    end
+    return id or nil
 end
 
 local compile
@@ -259,6 +287,22 @@ compile = function(node)
                 return UNKNOWN
             end
             return m:match(addr) and true or false
+        end
+    elseif node.authenticated ~= nil then
+        local match = function() return true end -- {}: any authenticated peer
+        if next(node.authenticated) ~= nil then
+            local err
+            match, err = string_matcher(node.authenticated)
+            if not match then
+                return nil, err
+            end
+        end
+        return function()
+            local id = peer_identity()
+            if not id then
+                return false -- plaintext: no peer principal, as in Envoy
+            end
+            return match(id)
         end
     elseif node.unknown ~= nil then
         return function() return UNKNOWN end
