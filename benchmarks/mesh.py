@@ -35,9 +35,12 @@ stays inside the mesh's network namespaces.
    document (Admin API, or its 1 s poll of apisix.yaml in file mode).
 With `--transports plaintext,mtls` each mode runs twice: plaintext sidecars, then `amesh-mesh up --mtls`
 (istiod's CA, workload certificates, auto-mTLS) with a mesh-wide PeerAuthentication STRICT, so that the hop
-between the two sidecars is Istio mTLS; the difference of the two "added" rows is what mTLS costs, and the
-one-request-per-connection rows are one full mTLS handshake per request (their req/s per APISIX CPU-second
-is handshakes per second per worker, client and server side).
+between the two sidecars is Istio mTLS; the difference of the two "added" rows is what mTLS costs. (The
+sidecar-to-sidecar connections are pooled, so even the one-request-per-connection rows handshake rarely.)
+Handshakes: `openssl s_time -new` from the plain client namespace straight to reviews-v1's address:9080
+(captured → amesh-mtls → the port's TLS listener), with a client certificate from the mesh CA: full TLS 1.3
+handshakes with client authentication, one per connection, for --seconds; with the server sidecar's
+APISIX CPU time over the run that is handshakes per second per worker.
 3. Memory per pod after sync (Bookinfo's rules applied, before any load): RSS and PSS
    (/proc/<pid>/smaps_rollup) of the agent and of APISIX (master, workers, privileged agent). RSS counts
    the pages the workers share with their master once per process; PSS divides them, so PSS sums.
@@ -250,6 +253,32 @@ def data_path(prefix: str, client: str, seconds: int, repeat: int) -> dict:
     return out
 
 
+def handshakes(workdir: Path, prefix: str, client: str, seconds: int) -> dict:
+    """Full mTLS handshakes per second against reviews-v1's inbound TLS listener, and per APISIX CPU-second."""
+    from localmesh import ca
+
+    chain, key = ca.issue_workload(workdir / "istio" / "cacerts", "spiffe://cluster.local/ns/default/sa/bench")
+    files = workdir / "bench-client-cert"
+    files.mkdir(exist_ok=True)
+    (files / "chain.pem").write_bytes(chain)
+    (files / "key.pem").write_bytes(key)
+    server = pod_processes(mesh_mod.namespace(prefix, SERVER_POD))["apisix"]
+    workers = sum(1 for pid in server if cmdline(pid).rstrip(b" \0") == b"nginx: worker process")
+    address = topology.bookinfo().workload(SERVER_POD).ip
+    before = cpu_seconds(server)
+    out = subprocess.run(["ip", "netns", "exec", client, "openssl", "s_time", "-connect", f"{address}:9080", "-new",
+                          "-time", str(seconds), "-cert", str(files / "chain.pem"), "-key", str(files / "key.pem"),
+                          "-CAfile", str(workdir / "istio" / "cacerts" / "root-cert.pem")],
+                         capture_output=True, text=True, timeout=seconds + 60)
+    used = cpu_seconds(server) - before
+    found = re.search(r"(\d+) connections in ([\d.]+)s", out.stdout)
+    if out.returncode or not found:
+        raise RuntimeError(f"openssl s_time failed ({out.returncode}): {out.stdout[-500:]} {out.stderr[-500:]}")
+    count, elapsed = int(found.group(1)), float(found.group(2))
+    return {"connections": count, "per_second": count / elapsed, "apisix_cpu_s": used, "workers": workers,
+            "per_apisix_cpu_second": count / max(used, 1e-9)}
+
+
 # -- 2. configuration change -------------------------------------------------------------------------------
 def reviews_vs(subset: str) -> dict:
     return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
@@ -387,6 +416,9 @@ def run_mode(mode: str, workdir: Path, seconds: int, repeat: int, mtls: bool = F
         result["data_path"] = data_path(state["prefix"], client, seconds, repeat)
         log(f"{mode}: configuration change ({FLIPS} flips)")
         result["config_change"] = config_change(workdir, state, mode)
+        if mtls:
+            log(f"{mode}: mTLS handshakes ({seconds} s)")
+            result["handshakes"] = handshakes(workdir, state["prefix"], client, seconds)
         result["loadavg_end"] = os.getloadavg()[0]
         return result
     finally:
@@ -437,6 +469,10 @@ def table(results: list[dict]) -> str:
                          f"{mu['rps_per_worker']:6,.0f} {c[CLIENT_POD]:6,.0f} {c[SERVER_POD]:6,.0f}  "
                          f"{'ref Envoy %.0f/CPU-s' % (1000 / ISTIO_VCPU_PER_1000_RPS):>22}  "
                          f"{versus(min(c.values()) >= 1000 / ISTIO_VCPU_PER_1000_RPS)}")
+        if "handshakes" in r:
+            h = r["handshakes"]
+            lines.append(f"mTLS handshakes into one sidecar (openssl s_time -new): per s / per APISIX CPU-s "
+                         f"{h['per_second']:6,.0f} {h['per_apisix_cpu_second']:6,.0f}  ({h['workers']} workers)")
         lines.append(f"config change, write -> new version serves: median ms (min-max){'':2} "
                      f"{cc['median_ms']:6.0f} ({cc['min_ms']:.0f}-{cc['max_ms']:.0f})"
                      f"  {'<= %d' % cc['target_total_ms']:>22}  {verdict(cc['median_ms'] <= cc['target_total_ms'])}")

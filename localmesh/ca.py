@@ -12,8 +12,8 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 AUDIENCE = "istio-ca"
 KID = "amesh-mesh-key"
@@ -87,3 +87,24 @@ class Issuer:
         signing = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
         signature = self.key.sign(signing.encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{signing}.{_b64(signature)}"
+
+
+def issue_workload(ca_dir: Path, spiffe: str, hours: float = 24) -> tuple[bytes, bytes]:
+    """A workload certificate signed by ROOT_CA_DIR's intermediate, shaped as istiod's CA issues them (FACTS.md:
+    no subject, one critical URI SAN, server and client auth; EC P-256 here): (chain PEM leaf first, key PEM).
+    For a client that stands for a mesh workload without running a sidecar (the benchmark's handshakes)."""
+    inter = x509.load_pem_x509_certificate((ca_dir / "ca-cert.pem").read_bytes())
+    inter_key = serialization.load_pem_private_key((ca_dir / "ca-key.pem").read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(inter.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(hours=hours))
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe)]), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(inter_key, hashes.SHA256()))
+    chain = cert.public_bytes(serialization.Encoding.PEM) + (ca_dir / "ca-cert.pem").read_bytes()
+    return chain, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())

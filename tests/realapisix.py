@@ -99,9 +99,34 @@ def _pump(src: socket.socket, dst: socket.socket, seen: list[bytes] | None = Non
             if seen is not None:
                 seen.append(data)
             dst.sendall(data)
+    except OSError:
+        pass  # a reset ends the stream as an end of file does: either way the other side must hear of it
+    try:
         dst.shutdown(socket.SHUT_WR)
     except OSError:
         pass
+
+
+def serve_in_namespace(ns: str, port: int, handle, host: str = "127.0.0.1") -> socket.socket:
+    """A TCP listener on host:port inside namespace `ns` (from a thread that entered it), each accepted connection
+    given to `handle(conn)` in a thread of its own; close the returned socket to stop."""
+    ready, box = threading.Event(), []
+
+    def accept() -> None:
+        _enter(ns)
+        box.append(socket.create_server((host, port)))
+        ready.set()
+        while True:
+            try:
+                conn, _ = box[0].accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    if not ready.wait(5):
+        raise TimeoutError(f"no listener on {host}:{port} in {ns}")
+    return box[0]
 
 
 class Forwarder:

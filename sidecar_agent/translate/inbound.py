@@ -175,8 +175,8 @@ def _catch_all_security(listener, cov: Coverage) -> "rbac.Security":
             cov.deny(f"inbound_passthrough.{entry.field}", entry.count)
     if seen and not parts and tls_only:
         cov.deny("filter_chains[catch-all].transport_socket[mTLS only (PeerAuthentication STRICT): "
-                 "inbound mTLS not implemented: denied]")
-        out.refuse("mTLS required: inbound mTLS not implemented")
+                 "undeclared ports have no TLS listener: denied]")
+        out.refuse("mTLS required: undeclared ports have no TLS listener")
     elif http_rbac and not unique:
         cov.deny("filter_chains[catch-all].http_filters.rbac[HTTP RBAC on passthrough ports without "
                  "a network RBAC: denied]")
@@ -210,9 +210,9 @@ def _port_chains(listener, cov: Coverage | None, mtls: bool) -> dict[int, tuple[
         if tls and not mtls:  # no plaintext twin: the port requires mTLS (PeerAuthentication STRICT)
             if cov is not None:
                 cov.deny(f"filter_chains[{port}].transport_socket[mTLS only (PeerAuthentication STRICT): "
-                         "inbound mTLS not implemented: denied]")
+                         "no workload certificate (no CA configured): denied]")
             denied = rbac.Security()
-            denied.refuse(f"port {port} requires mTLS: inbound mTLS not implemented")
+            denied.refuse(f"port {port} requires mTLS and the sidecar has no workload certificate")
             # new connections are closed; requests on connections the stream front already holds
             # (keep-alive from before the change) are refused by the HTTP routes
             security = (denied, denied)

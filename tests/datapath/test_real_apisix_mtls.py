@@ -14,7 +14,6 @@ import os
 import socket
 import ssl
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -58,22 +57,7 @@ class MtlsServer:
         self.sni: list[str | None] = []
         self.ctx.sni_callback = lambda sock, name, ctx: self.sni.append(name)
         self.seen: list[dict] = []
-        ready = threading.Event()
-        self.listener: socket.socket | None = None
-
-        def listen() -> None:
-            realapisix._enter(ns)
-            self.listener = socket.create_server(("127.0.0.1", port))
-            ready.set()
-            while True:
-                try:
-                    conn, _ = self.listener.accept()
-                except OSError:
-                    return
-                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-        threading.Thread(target=listen, daemon=True).start()
-        assert ready.wait(5)
+        self.listener = realapisix.serve_in_namespace(ns, port, self._serve)
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -91,8 +75,7 @@ class MtlsServer:
             tls.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
     def close(self) -> None:
-        if self.listener is not None:
-            self.listener.close()
+        self.listener.close()
 
 
 @pytest.fixture(scope="module")

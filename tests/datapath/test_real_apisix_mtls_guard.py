@@ -6,7 +6,6 @@ anything reaches the server."""
 from __future__ import annotations
 
 import socket
-import threading
 import urllib.error
 import urllib.request
 
@@ -24,24 +23,13 @@ class Recorder:
 
     def __init__(self, ns: str, port: int) -> None:
         self.accepted = 0
-        ready = threading.Event()
+        self.listener = realapisix.serve_in_namespace(ns, port, self._serve)
 
-        def serve() -> None:
-            realapisix._enter(ns)
-            self.listener = socket.create_server(("127.0.0.1", port))
-            ready.set()
-            while True:
-                try:
-                    conn, _ = self.listener.accept()
-                except OSError:
-                    return
-                self.accepted += 1
-                with conn:
-                    conn.recv(65536)
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-
-        threading.Thread(target=serve, daemon=True).start()
-        assert ready.wait(5)
+    def _serve(self, conn: socket.socket) -> None:
+        self.accepted += 1
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
 
 
 @pytest.fixture(scope="module")

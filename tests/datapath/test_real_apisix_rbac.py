@@ -61,7 +61,7 @@ STREAM_CONFIGS = {
     7000: {"filters": [_filter("DENY", ([ANY], [{"source_ip": f"{OTHER_V4}/32"}]))]},
     7001: {"filters": [_filter("DENY", ([ANY], [{"source_ip": "192.0.2.0/24"}]))]},
     7002: {"filters": [_filter("ALLOW")]},  # Istio's TCP ALLOW without policies: deny all
-    7003: {"deny": "port 7003 requires mTLS: inbound mTLS not implemented"},
+    7003: {"deny": "port 7003 requires mTLS and the sidecar has no workload certificate"},
     7004: {"filters": [_filter("ALLOW", ([{"port": 7004}], [{"source_ip": f"{OTHER_V4}/32"}]))]},
     7005: {"filters": [_filter("DENY", ([ANY], [MTLS]))]},
     7006: None,
