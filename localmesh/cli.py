@@ -40,12 +40,14 @@ def main() -> None:
 @click.option("--mtls", is_flag=True,
               help="istiod is also the CA: workload certificates for every sidecar, auto-mTLS on (Istio mTLS "
                    "between the pods; PeerAuthentication decides what they accept).")
+@click.option("--secret-ttl", default=None, metavar="DURATION",
+              help="With --mtls: the workload certificates' lifetime (SECRET_TTL, e.g. 60s; renewed at about half).")
 def up(workdir: Path, apisix_mode: str, istiod_path: Path | None, apisix_home: Path, timeout: float,
-       mtls: bool) -> None:
+       mtls: bool, secret_ttl: str | None) -> None:
     """Start istiod, the Bookinfo pods, a TCP service and a host outside the mesh."""
     try:
         mesh_mod.up(workdir, apisix_mode=apisix_mode, istiod_path=istiod_path, apisix_home=apisix_home,
-                    ready_timeout=timeout, mtls=mtls, log=lambda m: click.echo(m, err=True))
+                    ready_timeout=timeout, mtls=mtls, secret_ttl=secret_ttl, log=lambda m: click.echo(m, err=True))
     except MeshError as exc:
         _fail(exc)
 

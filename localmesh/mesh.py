@@ -125,10 +125,11 @@ def preflight(apisix_home: Path) -> None:
 # -- up ---------------------------------------------------------------------------------------------------
 def up(workdir: Path, *, apisix_mode: str = "file", istiod_path: Path | None = None,
        apisix_home: Path = DEFAULT_APISIX_HOME, ready_timeout: float = 90.0, mtls: bool = False,
-       log=lambda msg: None) -> dict:
+       secret_ttl: str | None = None, log=lambda msg: None) -> dict:
     """`mtls`: istiod is also the mesh's CA (FACTS.md (c)), each pod gets a service-account token, the agents
     their workload certificates, and auto-mTLS is on: the sidecars talk Istio mTLS (PeerAuthentication
-    decides what they accept)."""
+    decides what they accept). `secret_ttl`: the workload certificates' lifetime (pilot-agent's SECRET_TTL, e.g.
+    "60s": renewed at about half of it, to watch rotation under traffic)."""
     require_root()
     workdir = workdir.resolve()
     prefix = prefix_for(workdir)
@@ -141,7 +142,7 @@ def up(workdir: Path, *, apisix_mode: str = "file", istiod_path: Path | None = N
     mesh = topology.bookinfo()
     state = {"prefix": prefix, "workdir": str(workdir), "apisix_mode": apisix_mode, "apisix_home": str(apisix_home),
              "istiod": str(binary), "started": time.time(), "processes": {}, "pods": [w.pod for w in mesh.workloads],
-             "ready": False, "mtls": mtls}
+             "ready": False, "mtls": mtls, "secret_ttl": secret_ttl}
     save_state(workdir, state)
     try:
         _build(workdir, state, mesh, binary, apisix_home, log)
@@ -308,6 +309,8 @@ def _start_agent(ns: str, workload: topology.Workload, mesh: Mesh, workdir: Path
         env.update(CA_ADDR=f"{mesh.istiod_ip}:{istiod.SECURE_PORT}",
                    CA_ROOT_CA=str(workdir / "istio" / "cacerts" / "root-cert.pem"),
                    AMESH_XDS_TOKEN=str(_pod_token(workdir, issuer, workload)))
+        if state.get("secret_ttl"):
+            env["SECRET_TTL"] = state["secret_ttl"]
     return procs.spawn(ns, [_tool("amesh-agent"), "run"], log=Paths(workdir).log(workload.pod, "agent"),
                        env=env, uid=PROXY_UID, gid=PROXY_GID, cwd=prefix)
 

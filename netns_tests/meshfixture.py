@@ -37,7 +37,7 @@ def unavailable() -> str | None:
     return None
 
 
-def mesh_up(apisix_mode: str, mtls: bool = False):
+def mesh_up(apisix_mode: str, **options):
     """Bring a mesh up in a fresh world-traversable workdir (the agents run as UID 1337 and write their APISIX
     prefixes there; pytest's own tmp tree is root-only and re-secured by every pytest run), take it down after."""
     reason = unavailable()
@@ -46,7 +46,7 @@ def mesh_up(apisix_mode: str, mtls: bool = False):
     workdir = Path(tempfile.mkdtemp(prefix=f"amesh-e2e-{apisix_mode}-"))
     workdir.chmod(0o755)
     try:
-        mesh_mod.up(workdir, apisix_mode=apisix_mode, mtls=mtls)
+        mesh_mod.up(workdir, apisix_mode=apisix_mode, **options)
         yield workdir
     finally:
         mesh_mod.down(workdir)

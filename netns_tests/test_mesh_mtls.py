@@ -8,6 +8,7 @@ what it applied."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,12 @@ DENY_OTHER_NAMESPACES = HEAD.format(api="security.istio.io", kind="Authorization
 BOOKINFO = topology.bookinfo()
 
 
+SECRET_TTL = 40  # seconds: every workload certificate is renewed at about half of it, while the tests run
+
+
 @pytest.fixture(scope="module")
 def mesh():
-    yield from mesh_up("file", mtls=True)
+    yield from mesh_up("file", mtls=True, secret_ttl=f"{SECRET_TTL}s")
 
 
 def _file(tmp_path: Path, name: str, text: str) -> Path:
@@ -56,12 +60,17 @@ def _mesh_answers(workdir: Path) -> set[str]:
     return {req.answered_by(r) for r in responses}
 
 
+def _certificate(workdir: Path, pod: str) -> dict:
+    state = mesh_mod.load_state(workdir)
+    status = mesh_mod.admin_json(mesh_mod.namespace(state["prefix"], pod), "/status") or {}
+    return (status.get("workload_certificate") or {}).get("certificate") or {}
+
+
 def test_every_sidecar_has_its_workload_identity_from_istiod(mesh):
-    state = mesh_mod.load_state(mesh)
     for workload in BOOKINFO.workloads:
-        status = mesh_mod.admin_json(mesh_mod.namespace(state["prefix"], workload.pod), "/status") or {}
-        certificate = (status.get("workload_certificate") or {}).get("certificate") or {}
-        assert certificate.get("san") == [f"spiffe://cluster.local/ns/default/sa/{workload.service_account}"], status
+        certificate = _certificate(mesh, workload.pod)
+        assert certificate.get("san") == [f"spiffe://cluster.local/ns/default/sa/{workload.service_account}"], \
+            certificate
 
 
 def test_permissive_by_default_serves_the_mesh_and_plaintext_from_outside(mesh):
@@ -117,3 +126,29 @@ def test_authorization_by_workload_identity(mesh, tmp_path):
     finally:
         mesh_mod.delete(mesh, policies)
     assert req.send(mesh, "productpage-v1", "http://ratings:9080/ratings/0").status == 200
+
+
+def test_rotation_while_traffic_flows(mesh, tmp_path):
+    """Both ends renew their certificates from istiod (SECRET_TTL 40 s) while requests flow through them under
+    STRICT: every certificate is renewed and no request fails (APISIX re-reads the files: no reload)."""
+    strict = _file(tmp_path, "strict", MESH_STRICT)
+    mesh_mod.apply(mesh, [strict])
+    try:
+        pods = ("productpage-v1", "reviews-v1", "reviews-v2", "reviews-v3")
+        first = {pod: _certificate(mesh, pod)["serial"] for pod in pods}
+        failed, sent = [], 0
+        deadline = time.monotonic() + 2 * SECRET_TTL
+        while time.monotonic() < deadline:
+            response = req.send(mesh, "productpage-v1", "http://reviews:9080/", timeout=5)
+            sent += 1
+            if response.status != 200:
+                failed.append(response.as_dict())
+            if all(_certificate(mesh, pod)["serial"] != first[pod] for pod in pods):
+                break
+        renewed = {pod: _certificate(mesh, pod)["serial"] != first[pod] for pod in pods}
+        assert all(renewed.values()), renewed
+        assert failed == [] and sent > 10, (sent, failed[:3])
+        for _ in range(6):  # after the renewal, on the new certificates
+            assert req.send(mesh, "productpage-v1", "http://reviews:9080/").status == 200
+    finally:
+        mesh_mod.delete(mesh, [strict])

@@ -287,7 +287,7 @@ def _wrap_unknown_any(value: Any, opaque: list[str]) -> Any:
     if isinstance(value, _SCALARS) or not isinstance(value, abc.Mapping):
         return value
     url = value.get("@type")
-    if isinstance(url, str) and not _known_type(url):
+    if isinstance(url, str) and not known_type(url):
         opaque.append(url)
         return {"@type": _TYPED_STRUCT, "type_url": url, "value": {k: v for k, v in value.items() if k != "@type"}}
     changed = {}
@@ -313,7 +313,8 @@ _pool = descriptor_pool.Default()
 _known_cache: dict[str, bool] = {}
 
 
-def _known_type(type_url: str) -> bool:
+def known_type(type_url: str) -> bool:
+    """Is `type_url`'s message in the default pool (importing its package's generated modules if needed)?"""
     name = types.message_name(type_url)
     if name not in _known_cache:
         _known_cache[name] = _find(name) or (_import_packages_of(name) and _find(name))

@@ -3,6 +3,7 @@ current APISIX document — so `istioctl proxy-config` and humans see what the a
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.core.v3 import base_pb2
-from google.protobuf import any_pb2, json_format
+from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
 
 # Registered for json_format: the typed configs Istio puts in listeners, routes and clusters.
 from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
@@ -23,8 +24,9 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 
 from sidecar_agent.plugins.merge import shadowed
 from amesh_common.plugin_model import PluginSet
+from sidecar_agent import configdump
 from sidecar_agent.store import Snapshot
-from sidecar_agent.xds import kinds
+from sidecar_agent.xds import kinds, types
 
 
 def _packed(message) -> any_pb2.Any:
@@ -65,8 +67,57 @@ def config_dump_message(snapshot: Snapshot, node: base_pb2.Node, include_eds: bo
 
 def config_dump(snapshot: Snapshot, node: base_pb2.Node, include_eds: bool = False) -> dict[str, Any]:
     """Envoy admin's /config_dump JSON (EDS only with `?include_eds`, as in Envoy)."""
-    return json_format.MessageToDict(config_dump_message(snapshot, node, include_eds),
-                                     preserving_proto_field_name=True)
+    return config_dump_of(config_dump_message(snapshot, node, include_eds))
+
+
+def config_dump_of(message) -> dict[str, Any]:
+    """`message` as JSON with proto field names, every Any rendered (opaque when its type is unknown here)."""
+    opaque = load_any_types(message)
+    out = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    for path, type_url, value in opaque:
+        holder = out
+        for key in path[:-1]:
+            holder = holder[key]
+        holder[path[-1]] = {"@type": type_url, "value_base64": base64.b64encode(value).decode()}
+    return out
+
+
+_EMPTY = any_pb2.Any(type_url="type.googleapis.com/google.protobuf.Empty")
+
+
+def load_any_types(message, path: tuple = ()) -> list[tuple[tuple, str, bytes]]:
+    """Import the generated module of every `Any` inside `message`, nested ones too: json_format resolves them
+    through the default pool, and the agent imports only what it translates (istiod's TypedStruct-wrapped
+    filters, sent with mTLS on, made /config_dump answer 500). An Any whose type no installed module has (Istio's
+    own filters, e.g. istio.envoy.config.filter.http.alpn) is emptied here and returned — (path in the JSON,
+    type URL, bytes) — for the dump to show opaque instead of failing."""
+    opaque = []
+    for field, value in message.ListFields():
+        if field.type != field.TYPE_MESSAGE:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            if not field.message_type.fields_by_name["value"].message_type:
+                continue
+            items = [((*path, field.name, key), item) for key, item in value.items()]
+        elif hasattr(value, "DESCRIPTOR"):  # one message
+            items = [((*path, field.name), value)]
+        else:  # a repeated field
+            items = [((*path, field.name, i), item) for i, item in enumerate(value)]
+        for where, item in items:
+            if item.DESCRIPTOR.full_name != "google.protobuf.Any":
+                opaque += load_any_types(item, where)
+            elif configdump.known_type(item.type_url):
+                descriptor = descriptor_pool.Default().FindMessageTypeByName(types.message_name(item.type_url))
+                inner = message_factory.GetMessageClass(descriptor)()
+                item.Unpack(inner)
+                nested = load_any_types(inner, where)
+                if nested:  # the Any's bytes are what json_format renders: re-pack the emptied copy
+                    item.Pack(inner)
+                    opaque += nested
+            else:
+                opaque.append((where, item.type_url, item.value))
+                item.CopyFrom(_EMPTY)
+    return opaque
 
 
 def status(versions: Mapping[str, str], live_label: str | None, last_nack: Any, ready: str | None,

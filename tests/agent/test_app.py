@@ -255,3 +255,42 @@ def test_new_http_port_regenerates_config_yaml_and_reloads_apisix(tmp_path):
             await asyncio.wait_for(task, 5)
 
     asyncio.run(main())
+
+
+CONFIG_DUMP_OF_WRAPPED = r"""
+import json, sys
+from envoy.config.listener.v3 import listener_pb2
+from google.protobuf import any_pb2, json_format, struct_pb2
+from xds.type.v3 import typed_struct_pb2  # same wire format as udpa's, which must not be loaded yet
+from sidecar_agent.http import diag
+
+value = struct_pb2.Struct()
+value.update({"reporter": "SERVER"})
+wrapped = typed_struct_pb2.TypedStruct(type_url="type.googleapis.com/stats.PluginConfig", value=value)
+listener = listener_pb2.Listener(name="virtualInbound")
+network_filter = listener.filter_chains.add().filters.add(name="istio.stats")
+network_filter.typed_config.CopyFrom(any_pb2.Any(type_url="type.googleapis.com/udpa.type.v1.TypedStruct",
+                                                 value=wrapped.SerializeToString()))
+# and a type no installed module has (Istio's own ALPN filter, which istiod adds with mTLS on)
+alpn = listener.filter_chains[0].filters.add(name="istio.alpn")
+alpn.typed_config.CopyFrom(any_pb2.Any(type_url="type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1."
+                                                "FilterConfig", value=b"\x0a\x02h2"))
+assert "udpa.type.v1.typed_struct_pb2" not in sys.modules
+print(json.dumps(diag.config_dump_of(listener)))
+"""
+
+
+def test_config_dump_renders_typed_structs_the_agent_never_imported():
+    """istiod wraps Istio's own filters in udpa TypedStructs (seen with mTLS on): /config_dump answered 500."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", CONFIG_DUMP_OF_WRAPPED], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    filters = json.loads(out.stdout)["filter_chains"][0]["filters"]
+    typed = filters[0]["typed_config"]
+    assert typed["@type"] == "type.googleapis.com/udpa.type.v1.TypedStruct"
+    assert typed["value"] == {"reporter": "SERVER"}
+    assert filters[1]["typed_config"] == {
+        "@type": "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
+        "value_base64": "CgJoMg=="}
