@@ -152,3 +152,61 @@ def test_rotation_while_traffic_flows(mesh, tmp_path):
             assert req.send(mesh, "productpage-v1", "http://reviews:9080/").status == 200
     finally:
         mesh_mod.delete(mesh, [strict])
+
+
+TLS_LINE_CLIENT = r"""
+import json, socket, ssl, sys
+args = json.loads(sys.argv[1])
+out = {}
+try:
+    raw = socket.create_connection((args["host"], args["port"]), timeout=5)
+    if args["cert"]:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(args["root"])
+        ctx.load_cert_chain(args["cert"], args["key"])
+        ctx.set_alpn_protocols(["istio-peer-exchange", "istio"])  # Envoy's, for a TCP upstream
+        raw = ctx.wrap_socket(raw, server_hostname=args["sni"])
+        out["server"] = [v for k, v in raw.getpeercert().get("subjectAltName", ()) if k == "URI"]
+    raw.sendall(b"ping\n")
+    out["reply"] = raw.recv(100).decode()
+except (OSError, ssl.SSLError) as exc:
+    out["error"] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+def test_tcp_port_takes_mtls_from_an_envoy_like_client_under_strict(mesh, tmp_path):
+    """The TCP service's inbound under STRICT: a client with a workload certificate from istiod's CA (what an Envoy
+    sidecar presents, with its SNI and ALPN) reaches the app through the port's stream TLS listener; plaintext is
+    closed."""
+    import json
+    import subprocess
+    import sys
+
+    from localmesh import ca
+
+    ca_dir = mesh / "istio" / "cacerts"
+    chain, key = ca.issue_workload(ca_dir, "spiffe://cluster.local/ns/default/sa/sleep")
+    (tmp_path / "chain.pem").write_bytes(chain)
+    (tmp_path / "key.pem").write_bytes(key)
+    strict = _file(tmp_path, "strict", MESH_STRICT)
+    mongodb = BOOKINFO.workload("mongodb-v1")
+    ns = mesh_mod.namespace(mesh_mod.load_state(mesh)["prefix"], "external")
+
+    def dial(with_cert: bool) -> dict:
+        args = {"host": mongodb.ip, "port": 27017, "root": str(ca_dir / "root-cert.pem"),
+                "cert": str(tmp_path / "chain.pem") if with_cert else None, "key": str(tmp_path / "key.pem"),
+                "sni": "outbound_.27017_._.mongodb.default.svc.cluster.local"}
+        out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", TLS_LINE_CLIENT, json.dumps(args)],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    mesh_mod.apply(mesh, [strict])
+    try:
+        assert dial(True) == {"server": ["spiffe://cluster.local/ns/default/sa/bookinfo-mongodb"],
+                              "reply": "mongodb-v1 ping\n"}
+        assert dial(False).get("reply", "") == ""  # plaintext: closed
+    finally:
+        mesh_mod.delete(mesh, [strict])
