@@ -107,6 +107,26 @@ def _pump(src: socket.socket, dst: socket.socket, seen: list[bytes] | None = Non
         pass
 
 
+def http_from(ns: str, host: str, port: int, *, host_header: str, method: str = "GET", path: str = "/",
+              headers: dict | None = None, uid: int | None = None) -> tuple[int, str]:
+    """One HTTP request from a process in namespace `ns` (as `uid`, if given): (status, body), or (0, why)
+    when the connection was closed or reset without an answer."""
+    drop = f"os.setgroups([]); os.setgid({uid}); os.setuid({uid})\n" if uid is not None else ""
+    script = ("import http.client, os, sys, encodings.idna\n"  # idna: imported before the uid may lose access
+              + drop +
+              "try:\n"
+              f"    c = http.client.HTTPConnection({host!r}, {port}, timeout=5)\n"
+              f"    c.request({method!r}, {path!r}, headers=dict({{'Host': {host_header!r}}}, **{headers or {}!r}))\n"
+              "    r = c.getresponse(); sys.stdout.write(str(r.status) + '\\n' + r.read().decode())\n"
+              "except (OSError, http.client.HTTPException) as e:\n"
+              "    sys.stdout.write('0\\n' + type(e).__name__)\n")
+    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", script],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    status, _, body = out.stdout.partition("\n")
+    return int(status), body
+
+
 def serve_in_namespace(ns: str, port: int, handle, host: str = "127.0.0.1") -> socket.socket:
     """A TCP listener on host:port inside namespace `ns` (from a thread that entered it), each accepted connection
     given to `handle(conn)` in a thread of its own; close the returned socket to stop."""

@@ -147,7 +147,7 @@ def settings_for(listeners: Mapping[str, Any], pod_ips: Sequence[str] = (), *,
     virtual_inbound = listeners.get("virtualInbound")
     inbound_ports = tls_ports = ()
     if virtual_inbound is not None and pod_ips:
-        inbound_ports, tls_ports = inbound.http_ports(virtual_inbound), inbound.tls_ports(virtual_inbound)
+        inbound_ports, tls_ports = inbound.served_ports(virtual_inbound)
     return with_ports(base or DataPathSettings(), stream.http_ports(listeners), inbound_ports, pod_ips, previous,
                       tls_ports)
 

@@ -323,8 +323,7 @@ class Translator:
         tls_ports: tuple[int, ...] = ()
         virtual_inbound = self._listener_messages.get("virtualInbound")
         if virtual_inbound is not None and self._pod_ips:
-            inbound_ports = inbound_mod.http_ports(virtual_inbound)
-            tls_ports = inbound_mod.tls_ports(virtual_inbound)
+            inbound_ports, tls_ports = inbound_mod.served_ports(virtual_inbound)
         new = datapath.with_ports(self._dp_base, self._http_port.values(), inbound_ports, self._pod_ips, old,
                                   tls_ports)
         if new != old:
@@ -358,8 +357,9 @@ class Translator:
     def _check_data_path(self, listener) -> None:
         if listener.name == "virtualInbound":
             if self._pod_ips:
-                ports = {p: 0 for p in inbound_mod.http_ports(listener)}
-                tls = {p: 0 for p in inbound_mod.tls_ports(listener)} if self._dp_base.mtls_dir else None
+                http, tls_ports = inbound_mod.served_ports(listener)
+                ports = dict.fromkeys(http, 0)
+                tls = dict.fromkeys(tls_ports, 0) if self._dp_base.mtls_dir else None
                 inbound_mod.translate_inbound(listener, self._pod_ips, ports, self._inbound_clusters, tls)
         elif listener.name != "virtualOutbound":
             port = listener.address.socket_address.port_value
@@ -594,8 +594,7 @@ class Translator:
             if part is None:
                 continue
             endpoints = self._endpoints.get(part.eds_name, (None,))[0] if part.eds_name else None
-            auto = part.tls_auto and endpoints is not None and endpoints.istio_tls and not endpoints.mixed_tls
-            if auto or (part.body.get("labels") or {}).get("amesh.tls") == "istio-mutual":
+            if upstream_mod.istio_mutual(part, endpoints):
                 out.append(Unsupported("cluster", name, "transport_socket[Istio mTLS to a TCP service: the stream "
                                        "proxy cannot verify the server's identity: connections closed]", 1, "denied"))
         return out

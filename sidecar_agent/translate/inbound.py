@@ -61,13 +61,20 @@ class InboundPart:
     report: tuple[Unsupported, ...]
 
 
+def served_ports(listener) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(declared HTTP ports, declared ports with mTLS chains — PeerAuthentication STRICT or PERMISSIVE): the
+    DataPathSettings' inbound_http_ports and inbound_tls_ports, from one walk of the chains."""
+    chains = sorted(_port_chains(listener, None, True).items())
+    return (tuple(port for port, (kind, *_) in chains if kind == "http"),
+            tuple(port for port, (*_, modes) in chains if TLS in modes))
+
+
 def http_ports(listener) -> tuple[int, ...]:
-    return tuple(sorted(port for port, (kind, *_) in _port_chains(listener, None, False).items() if kind == "http"))
+    return served_ports(listener)[0]
 
 
 def tls_ports(listener) -> tuple[int, ...]:
-    """The declared ports with mTLS chains (PeerAuthentication STRICT or PERMISSIVE): DataPathSettings.inbound_tls_ports."""
-    return tuple(sorted(port for port, (*_, modes) in _port_chains(listener, None, True).items() if TLS in modes))
+    return served_ports(listener)[1]
 
 
 def translate_inbound(listener, pod_ips: Sequence[str], internal: Mapping[int, int],
@@ -86,7 +93,8 @@ def translate_inbound(listener, pod_ips: Sequence[str], internal: Mapping[int, i
     upstreams: dict[str, dict] = {}
     target = _app_address(pod_ips)
     mtls = tls_listeners is not None
-    for port, (kind, payload, security, modes) in sorted(_port_chains(listener, cov, mtls).items()):
+    chains = sorted(_port_chains(listener, cov, mtls).items())
+    for port, (kind, payload, security, modes) in chains:
         network, http = security
         if kind == "http":
             if port not in internal:
@@ -123,7 +131,8 @@ def translate_inbound(listener, pod_ips: Sequence[str], internal: Mapping[int, i
         stream_routes.append(route)
     return InboundPart(tuple(sorted(routes, key=lambda r: r["id"])),
                        tuple(sorted(stream_routes, key=lambda r: r["id"])),
-                       tuple(upstreams[k] for k in sorted(upstreams)), http_ports(listener), cov.entries())
+                       tuple(upstreams[k] for k in sorted(upstreams)),
+                       tuple(port for port, (kind, *_) in chains if kind == "http"), cov.entries())
 
 
 def _guarded(routes: list[dict], security: "rbac.Security") -> list[dict]:

@@ -138,6 +138,16 @@ class EndpointPart:
     mixed_tls: bool  # some do, some don't
 
 
+def auto_mutual(cluster: ClusterPart, endpoints: EndpointPart | None) -> bool:
+    """Istio auto-mTLS applies: the cluster matches `tlsMode: istio` and every endpoint carries it."""
+    return cluster.tls_auto and endpoints is not None and endpoints.istio_tls and not endpoints.mixed_tls
+
+
+def istio_mutual(cluster: ClusterPart, endpoints: EndpointPart | None) -> bool:
+    """The upstream `build` makes for this cluster and endpoint set is Istio mTLS (`amesh.tls: istio-mutual`)."""
+    return auto_mutual(cluster, endpoints) or (cluster.body.get("labels") or {}).get("amesh.tls") == "istio-mutual"
+
+
 @lru_cache(maxsize=1024, typed=True)
 def timeout_of(connect: float, send: float, read: float) -> dict:
     """One `timeout` dict per distinct value, shared by every upstream with it (read-only; typed: 5
@@ -163,7 +173,7 @@ def build(ref: UpstreamRef, cluster: ClusterPart | None, endpoints: EndpointPart
             nodes = cluster.static_nodes
         elif endpoints is not None:
             nodes = endpoints.nodes
-            if cluster.tls_auto and endpoints.istio_tls and not endpoints.mixed_tls:
+            if auto_mutual(cluster, endpoints):
                 body["scheme"] = "https"
                 body["labels"] = cluster.mutual_labels
     body["nodes"] = nodes if nodes is not None else []

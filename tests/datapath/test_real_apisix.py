@@ -19,8 +19,6 @@ the origins behind passthrough. What each test shows:
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -96,22 +94,11 @@ DOCUMENT = {"routes": ROUTES, "upstreams": UPSTREAMS, "stream_routes": STREAM_RO
 def request(ns: str, host: str, port: int, *, host_header: str = "svc", uid: int = APP_UID) -> tuple[int, dict | str]:
     """One GET from inside `ns` as `uid`: (status, JSON body or text), or (0, why) when the connection
     was closed or reset without an answer."""
-    script = ("import http.client, json, os, sys, encodings.idna\n"
-              f"os.setgroups([]); os.setgid({uid}); os.setuid({uid})\n"
-              "try:\n"
-              f"    c = http.client.HTTPConnection({host!r}, {port}, timeout=5)\n"
-              f"    c.request('GET', '/', headers={{'Host': {host_header!r}}})\n"
-              "    r = c.getresponse(); sys.stdout.write(str(r.status) + '\\n' + r.read().decode())\n"
-              "except (OSError, http.client.HTTPException) as e:\n"
-              "    sys.stdout.write('0\\n' + type(e).__name__)\n")
-    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", script],
-                         capture_output=True, text=True, timeout=20)
-    assert out.returncode == 0, out.stderr
-    status, _, body = out.stdout.partition("\n")
+    status, body = realapisix.http_from(ns, host, port, host_header=host_header, uid=uid)
     try:
-        return int(status), json.loads(body)
+        return status, json.loads(body)
     except ValueError:
-        return int(status), body
+        return status, body
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ Every configuration used here is also checked with the schema the agent validate
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 
@@ -97,18 +95,7 @@ DOCUMENT = _document()
 def request(ns: str, port: int, *, host: str = "open", method: str = "GET", path: str = "/",
             headers: dict | None = None) -> tuple[int, str]:
     """One request from `ns` to the pod: (status, body), or (0, why) when the connection was closed."""
-    script = ("import http.client, sys\n"
-              "try:\n"
-              f"    c = http.client.HTTPConnection({POD_V4!r}, {port}, timeout=5)\n"
-              f"    c.request({method!r}, {path!r}, headers=dict({{'Host': {host!r}}}, **{headers or {}!r}))\n"
-              "    r = c.getresponse(); sys.stdout.write(str(r.status) + '\\n' + r.read().decode())\n"
-              "except (OSError, http.client.HTTPException) as e:\n"
-              "    sys.stdout.write('0\\n' + type(e).__name__)\n")
-    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", script],
-                         capture_output=True, text=True, timeout=20)
-    assert out.returncode == 0, out.stderr
-    status, _, body = out.stdout.partition("\n")
-    return int(status), body
+    return realapisix.http_from(ns, POD_V4, port, host_header=host, method=method, path=path, headers=headers)
 
 
 @pytest.fixture(scope="module")

@@ -87,15 +87,24 @@ end
 -- Istio mutual TLS upstream (amesh.mtls): once APISIX's access phase has picked the upstream, the
 -- workload certificate and the mesh root for it. nginx.conf calls apisix.http_access_phase through
 -- this very module table, so the wrapper is what runs.
+-- the workload certificate's files, for both mTLS directions (amesh.workload_cert)
+if attr.mtls_dir then
+    require("amesh.workload_cert").configure(attr.mtls_dir)
+end
+
 -- Never plaintext (or unverified TLS) where istiod asks for Istio mTLS: without a workload certificate
 -- (no CA configured) an HTTP request to such an upstream gets 502; a TCP connection to one is closed in
 -- any case, as the stream proxy can present a certificate but cannot verify the server's identity
 -- (no proxy_ssl_verify_by_lua in APISIX's stream server blocks): docs/data-path.md.
-local function istio_mutual_upstream()
+-- The labels of the upstream APISIX picked, when it is Istio mTLS (`amesh.tls: istio-mutual`); else nil.
+local function istio_mutual_labels()
     local api_ctx = ngx.ctx.api_ctx
     local conf = api_ctx and (api_ctx.upstream_conf or api_ctx.matched_upstream)
     local labels = conf and conf.labels
-    return labels ~= nil and labels["amesh.tls"] == "istio-mutual"
+    if labels and labels["amesh.tls"] == "istio-mutual" then
+        return labels
+    end
+    return nil
 end
 
 if subsystem == "http" then
@@ -103,15 +112,14 @@ if subsystem == "http" then
     local access_phase = apisix.http_access_phase
     if attr.mtls_dir then
         local mtls = require("amesh.mtls")
-        mtls.configure(attr.mtls_dir)
         apisix.http_access_phase = function(...)
             access_phase(...)
-            mtls.after_access()
+            mtls.after_access(istio_mutual_labels())
         end
     else
         apisix.http_access_phase = function(...)
             access_phase(...)
-            if istio_mutual_upstream() then
+            if istio_mutual_labels() then
                 ngx.log(ngx.ERR, "amesh: upstream requires Istio mTLS and this sidecar has no workload ",
                         "certificate (no CA configured): refused")
                 return ngx.exit(502)
@@ -123,7 +131,7 @@ else
     local preread_phase = apisix.stream_preread_phase
     apisix.stream_preread_phase = function(...)
         preread_phase(...)
-        if istio_mutual_upstream() then
+        if istio_mutual_labels() then
             ngx.log(ngx.ERR, "amesh: TCP upstream requires Istio mTLS, which the stream proxy cannot verify: ",
                     "connection closed (never sent in plaintext)")
             return ngx.exit(ngx.ERROR)
@@ -135,7 +143,6 @@ end
 -- HTTP ports, stream ones for its TCP ports); every other TLS handshake stays APISIX's.
 if attr.mtls_dir and next(tls_ports) then
     local mtls_server = require("amesh.mtls_server")
-    require("amesh.workload_cert").configure(attr.mtls_dir)
     local apisix = require("apisix")
     local client_hello, certificate = apisix.ssl_client_hello_phase, apisix.ssl_phase
     -- what APISIX's HTTP access phase reads of the `ssls` object a handshake matched: none, no client rules

@@ -17,6 +17,7 @@ local proxy_verify = require("ngx.ssl.proxysslverify")
 local apisix_upstream = require("resty.apisix.upstream")
 local openssl_x509 = require("resty.openssl.x509")
 local workload_cert = require("amesh.workload_cert")
+local uri_sans = require("amesh.uri_sans")
 require("resty.openssl.include.ssl") -- the SSL_set_verify declaration
 
 local X509_V_OK = 0
@@ -25,25 +26,15 @@ local SSL_VERIFY_PEER = 1
 
 local _M = {}
 
-function _M.configure(directory)
-    workload_cert.configure(directory)
-end
-
-local function upstream_conf(api_ctx)
-    return api_ctx.upstream_conf or api_ctx.matched_upstream
-end
-
--- After APISIX's access phase: the upstream is known, the connection not made yet.
-function _M.after_access()
-    local api_ctx = ngx.ctx.api_ctx
-    if not api_ctx then
+-- After APISIX's access phase: the upstream is known, the connection not made yet. `labels`: the picked
+-- upstream's when it is Istio mTLS (the hook's check), else nil.
+function _M.after_access(labels)
+    if not ngx.ctx.api_ctx then
         return
     end
     -- nginx checks the upstream certificate's host name when verification is on; verify() decides instead
     apisix_upstream.set_ssl_verify(false)
-    local conf = upstream_conf(api_ctx)
-    local labels = conf and conf.labels
-    if not labels or labels["amesh.tls"] ~= "istio-mutual" then
+    if not labels then
         return
     end
     local state = { sans = labels["amesh.san"] }
@@ -79,17 +70,7 @@ local function peer_uris()
     if not cert then
         return {}
     end
-    local leaf = openssl_x509.dup(ffi.cast("X509*", cert))
-    local out = {}
-    local names = leaf and leaf:get_subject_alt_name()
-    if names then
-        for kind, value in names:each() do
-            if kind == "URI" then
-                out[#out + 1] = value
-            end
-        end
-    end
-    return out
+    return uri_sans(openssl_x509.dup(ffi.cast("X509*", cert)))
 end
 
 -- With nginx's check off for the request (after_access) the connection verifies nothing (SSL_VERIFY_NONE),

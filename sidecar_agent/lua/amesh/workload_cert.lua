@@ -63,10 +63,6 @@ function _M.configure(directory)
     dir = directory
 end
 
-function _M.configured()
-    return dir ~= nil
-end
-
 -- {cert, key (for nginx), store (resty.openssl), roots (for verify_client)}, or nil and why.
 function _M.get()
     if not dir then

@@ -18,6 +18,7 @@
 local core = require("apisix.core")
 local ipmatcher = require("resty.ipmatcher")
 local openssl_x509 = require("resty.openssl.x509")
+local uri_sans = require("amesh.uri_sans")
 
 local plugin_name = "amesh-rbac"
 local is_http = ngx.config.subsystem == "http"
@@ -107,17 +108,7 @@ local function peer_identity()
     end
     local id = peer_ids:get(pem)
     if id == nil then
-        id = false
-        local cert = openssl_x509.new(pem)
-        local names = cert and cert:get_subject_alt_name()
-        if names then
-            for kind, value in names:each() do
-                if kind == "URI" then
-                    id = value
-                    break
-                end
-            end
-        end
+        id = uri_sans(openssl_x509.new(pem))[1] or false
         peer_ids:set(pem, id)
     end
     return id or nil
@@ -140,12 +131,13 @@ local function compile_list(list)
     return out
 end
 
-local function any_of(fns, ctx)
-    local result = false
+-- Kleene or (decisive = true) / and (decisive = false): the decisive value ends it, else unknown taints
+local function kleene(fns, ctx, decisive)
+    local result = not decisive
     for _, fn in ipairs(fns) do
         local r = fn(ctx)
-        if r == true then
-            return true
+        if r == decisive then
+            return decisive
         elseif r == UNKNOWN then
             result = UNKNOWN
         end
@@ -153,17 +145,12 @@ local function any_of(fns, ctx)
     return result
 end
 
+local function any_of(fns, ctx)
+    return kleene(fns, ctx, true)
+end
+
 local function all_of(fns, ctx)
-    local result = true
-    for _, fn in ipairs(fns) do
-        local r = fn(ctx)
-        if r == false then
-            return false
-        elseif r == UNKNOWN then
-            result = UNKNOWN
-        end
-    end
-    return result
+    return kleene(fns, ctx, false)
 end
 
 local function cidr_matcher(cidr)
