@@ -491,34 +491,49 @@ def wait_converged(workdir: Path, state: dict, since: float, timeout: float = 30
     """Wait until istiod has pushed to every sidecar after `since` (wall clock), every sidecar ACKed it,
     and every agent has handed the resulting document to its APISIX; then one APISIX poll period."""
     deadline = time.monotonic() + timeout
-    pending = list(state["pods"])
-    while pending and time.monotonic() < deadline:
-        synced = _istiod_synced(state, since)
-        pending = [pod for pod in pending if not (pod in synced and _document_current(state, pod))]
-        if pending:
+    waiting = {pod: "not checked yet" for pod in state["pods"]}
+    while waiting and time.monotonic() < deadline:
+        synced = _istiod_sync_state(state, since)
+        waiting = {}
+        for pod in state["pods"]:
+            why = synced.get(pod, "istiod does not list it in /debug/syncz")
+            if why is None and not _document_current(state, pod):
+                why = "its agent has not handed the ACKed versions to APISIX"
+            if why is not None:
+                waiting[pod] = why
+        if waiting:
             time.sleep(0.1)
-    if pending:
-        raise MeshError(f"the change did not reach {', '.join(pending)} in {timeout:.0f}s "
-                        f"(amesh-mesh status --workdir {workdir})")
+    if waiting:
+        detail = "; ".join(f"{pod}: {why}" for pod, why in waiting.items())
+        raise MeshError(f"the change did not reach {', '.join(waiting)} in {timeout:.0f}s ({detail}; "
+                        f"amesh-mesh status --workdir {workdir})")
     time.sleep(APISIX_POLL_SECONDS)
 
 
-def _istiod_synced(state: dict, since: float) -> set[str]:
-    """Pods whose every xDS type istiod sent after `since` is ACKed (istiod's /debug/syncz)."""
+def _istiod_sync_state(state: dict, since: float) -> dict[str, str | None]:
+    """Per pod istiod knows (/debug/syncz): None when every xDS type it sent after `since` is ACKed, else
+    what is missing."""
     from localmesh.client import http_request
 
-    response = http_request(namespace(state["prefix"], "istiod"), "127.0.0.1", istiod.HTTP_PORT, "localhost",
-                            path="/debug/syncz", timeout=3)
     try:
+        response = http_request(namespace(state["prefix"], "istiod"), "127.0.0.1", istiod.HTTP_PORT, "localhost",
+                                path="/debug/syncz", timeout=3)
         proxies = json.loads(response.body) if response.status == 200 else []
-    except ValueError:
-        return set()
-    out = set()
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, str | None] = {}
     for proxy in proxies or []:
+        pod = proxy.get("proxy", "").rsplit(".", 1)[0]
         resources = proxy.get("resources") or {}
-        sent_after = any(_rfc3339(r.get("sentTime", "")) >= since for r in resources.values())
-        if sent_after and all(r.get("sent") == r.get("acked") for r in resources.values()):
-            out.add(proxy.get("proxy", "").rsplit(".", 1)[0])
+        if not any(_rfc3339(r.get("sentTime", "")) >= since for r in resources.values()):
+            last = max((r.get("sentTime", "") for r in resources.values()), default="never")
+            why = f"istiod has not pushed to it since the change (last push {last})"
+        elif any(r.get("sent") != r.get("acked") for r in resources.values()):
+            why = "it has not ACKed istiod's push"
+        else:
+            why = None
+        if out.get(pod, "unset") is not None:  # a pod listed twice (a reconnect): one synced entry suffices
+            out[pod] = why
     return out
 
 
