@@ -1,7 +1,7 @@
 """APISIX at 10,000 services (issue 12): the real APISIX 3.18 loading the agent's document.
 
     sudo .venv/bin/python benchmarks/apisix_scale.py [--services 1000,10000] [--modes file,api,file-yaml]
-        [--variants as-is,shared-regex,no-regex,no-hosts] [--changes 3] [--standalone-dict-mb 256] [--json]
+        [--variants as-is,per-service-regex,no-regex,no-hosts] [--changes 3] [--standalone-dict-mb 256] [--json]
 
 Needs root (network namespaces), /usr/local/apisix and `ip netns`. For each size, the synthetic mesh of
 benchmarks/translate.py (``istiogen.synthetic_mesh(n)``: 10 endpoints, 2 subsets and a VirtualService per
@@ -30,13 +30,15 @@ Figures:
   requests/s, each on a fresh connection from its own thread, 10 s timeout, latency counted from the scheduled
   send time) hits ``steady`` from 1 s before the push until 2 s after the change serves: p50 / p99 / max
   latency and failed requests (not 200 with the right body, or an error / timeout).
-* variants: ``as-is`` the agent's document; ``shared-regex`` one ``http_host`` regex per port instead of one per
-  service, only on routes where that means the same (see ``variant``); ``no-regex`` without the host regex
+* variants: ``as-is`` the agent's document (one ``http_host`` regex per port on Istio-shaped routes);
+  ``per-service-regex`` the shape before issue 12 (each such route with the regex of its own names, see
+  ``variant``), for before/after in one run; ``no-regex`` without the host regex
   and ``no-hosts`` without ``hosts`` (both diagnostic: not the same routing).
 * modes: ``api``, ``file`` (the agent's conf/apisix.json, ``config_provider: json``) and ``file-yaml``
   (``config_provider: yaml`` reading conf/apisix.yaml, what the agent wrote before; for comparison).
-  ``--standalone-dict-mb`` sizes API mode's ``standalone-config`` shared dict (the agent renders APISIX's 10m,
-  too small for 10,000 services: the PUT then answers 500).
+  ``--standalone-dict-mb`` sizes API mode's ``standalone-config`` shared dict otherwise than the agent does
+  (``ApisixSettings.config_dict_mb``, 256m; APISIX's own 10m is too small for ~1,500 services and more: the PUT
+  then answers 500).
 
 Targets (issue 12): 10,000 services applied in <= 2 s in API mode; no request failing during a change.
 """
@@ -49,7 +51,6 @@ import gc
 import http.client
 import json
 import os
-import re
 import resource
 import signal
 import statistics
@@ -94,17 +95,17 @@ def translate_mesh(n: int) -> tuple[dict, object, float]:
     return document, translator.data_path_settings, elapsed
 
 
-def _host_regex(host: str) -> str:
-    names = [host, f"{host}:{PORT}"]
-    return "^(?:" + "|".join(re.escape(n) for n in sorted(names)) + ")$"
+def probe_route(rid: str, host: str, marker: str, regex: bool, per_service: bool = False,
+                hosts: bool = True) -> dict:
+    """A route shaped as the translator shapes an outbound one of PORT (`per_service`: as it did before)."""
+    from sidecar_agent.translate.route import host_condition
 
-
-def probe_route(rid: str, host: str, marker: str, regex: bool, shared: bool = False, hosts: bool = True) -> dict:
     answer = ("return function(conf, ctx) require('apisix.core').response.exit(200, "
               + json.dumps(marker) + ") end")
     route_vars = [["amesh_direction", "==", "outbound"], ["original_dst_port", "==", PORT]]
     if regex:
-        route_vars.append(shared_regex(PORT) if shared else ["http_host", "~*", _host_regex(host)])
+        _, host_vars = host_condition([host, f"{host}:{PORT}"], False, None if per_service else PORT)
+        route_vars += [list(v) for v in host_vars]
     return {"id": rid, "name": f"{PORT}/{host}:{PORT}/bench", "priority": 400000003, "uris": ["/*"],
             **({"hosts": [host]} if hosts else {}), "vars": route_vars,
             "plugins": {"serverless-pre-function": {"phase": "access", "functions": [answer]}}}
@@ -125,43 +126,32 @@ def variant(document: dict, name: str) -> dict:
                 route = dict(route, vars=kept)
             routes.append(route)
         return dict(document, routes=routes)
-    if name == "shared-regex":
-        # Only where it means the same: a route whose regex is exactly "one of `hosts`, with no port or
-        # with the listener's port" (Istio's outbound virtual hosts) gets one regex shared by every such
-        # route of the port: `hosts` (exact, on nginx's lowercased, port-less $host) keeps the name check;
-        # the shared regex keeps "no port, or exactly this port" and rejects what $host normalises away
-        # (a trailing dot). Any other route keeps its own regex.
-        from sidecar_agent.translate.route import host_condition
+    if name == "per-service-regex":
+        # The shape before issue 12's change: each Istio-shaped route (`hosts` + one port) gets the regex of
+        # its own names (host_condition without the port) instead of the one its port shares.
+        from sidecar_agent.translate.route import host_condition, port_host_regex
 
-        routes, replaced = [], 0
+        routes = []
         for route in document["routes"]:
-            hosts, route_vars = route.get("hosts"), route.get("vars", ())
+            route_vars = route.get("vars", ())
             ports = [v[2] for v in route_vars if isinstance(v, list) and v[:2] == ["original_dst_port", "=="]]
-            regex = [v for v in route_vars if is_host_regex(v)]
-            if hosts and len(ports) == 1 and len(regex) == 1:
-                exact = host_condition([d for h in hosts for d in (h, f"{h}:{ports[0]}")], False)
-                if exact[0] == sorted(hosts) and list(exact[1][0]) == regex[0]:
-                    route = dict(route, vars=[shared_regex(ports[0]) if is_host_regex(v) else v
-                                              for v in route_vars])
-                    replaced += 1
+            shared = list(port_host_regex(ports[0])) if len(ports) == 1 else None
+            if route.get("hosts") and shared in route_vars:
+                _, own = host_condition([d for h in route["hosts"] for d in (h, f"{h}:{ports[0]}")], False)
+                route = dict(route, vars=[list(own[0]) if v == shared else v for v in route_vars])
             routes.append(route)
         return dict(document, routes=routes)
     if name == "no-hosts":
         # diagnostic: no `hosts` pre-filter (the per-route regex still decides the host exactly), so
         # radixtree_host_uri builds no per-host sub-router; every request then scans the routes of its uri
         return dict(document, routes=[{k: v for k, v in r.items() if k != "hosts"} for r in document["routes"]])
-    raise SystemExit(f"unknown variant {name!r} (as-is, no-regex, shared-regex, no-hosts)")
+    raise SystemExit(f"unknown variant {name!r} (as-is, per-service-regex, no-regex, no-hosts)")
 
 
-def shared_regex(port: int) -> list:
-    """The one `http_host` regex of every Istio-shaped outbound route of `port` (variant shared-regex)."""
-    return ["http_host", "~*", rf"^(?:\[[0-9a-f:.]+\]|[^:\[\]]*[^:\[\].])(?::{port})?$"]
-
-
-def with_probes(document: dict, marker: str, regex: bool, shared: bool = False, hosts: bool = True) -> dict:
+def with_probes(document: dict, marker: str, regex: bool, per_service: bool = False, hosts: bool = True) -> dict:
     return dict(document, routes=[*document["routes"],
-                                  probe_route("bench-probe", PROBE_HOST, marker, regex, shared, hosts),
-                                  probe_route("bench-steady", STEADY_HOST, "steady", regex, shared, hosts)])
+                                  probe_route("bench-probe", PROBE_HOST, marker, regex, per_service, hosts),
+                                  probe_route("bench-steady", STEADY_HOST, "steady", regex, per_service, hosts)])
 
 
 def shape(document: dict) -> dict:
@@ -360,7 +350,7 @@ def run_one(mode: str, n: int, variant_name: str, base: dict, dp, args) -> dict:
 
     # the pushes, serialised before APISIX starts (the agent's own cost, timed apart)
     markers = [f"gen-{i}" for i in range(args.changes + 1)]
-    documents = [with_probes(doc, m, regex, variant_name == "shared-regex", variant_name != "no-hosts")
+    documents = [with_probes(doc, m, regex, variant_name == "per-service-regex", variant_name != "no-hosts")
                  for m in markers]
     result["shape"] = shape(documents[0])
     payloads = []
@@ -383,7 +373,7 @@ def run_one(mode: str, n: int, variant_name: str, base: dict, dp, args) -> dict:
     conf = yaml.safe_load(config_yaml)
     if mode == "file-yaml":  # not what the agent renders any more: data_plane reading conf/apisix.yaml (lyaml)
         conf["deployment"]["role_data_plane"]["config_provider"] = "yaml"
-    if args.standalone_dict_mb and mode == "api":  # not what the agent renders (APISIX's default: 10m)
+    if args.standalone_dict_mb and mode == "api":  # not what the agent renders (ApisixSettings.config_dict_mb)
         meta = conf.setdefault("nginx_config", {}).setdefault("meta", {})
         meta.setdefault("lua_shared_dict", {})["standalone-config"] = f"{args.standalone_dict_mb}m"
         result["standalone_dict_mb"] = args.standalone_dict_mb
@@ -485,7 +475,7 @@ def main() -> int:
                     help="file (the agent's conf/apisix.json), api (PUT /apisix/admin/configs), file-yaml (the "
                          "YAML provider the agent used before: conf/apisix.yaml; for comparison)")
     ap.add_argument("--variants", default="as-is",
-                    help="as-is (the agent's document), shared-regex, no-regex, no-hosts (comma-separated)")
+                    help="as-is (the agent's document), per-service-regex, no-regex, no-hosts (comma-separated)")
     ap.add_argument("--changes", type=int, default=3, help="one-route changes timed per run")
     ap.add_argument("--rate", type=float, default=50.0, help="steady requests per second during a change")
     ap.add_argument("--confirm", type=int, default=4, help="fresh-connection answers in a row that count as served")
@@ -493,7 +483,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a document to serve")
     ap.add_argument("--standalone-dict-mb", type=int, default=0,
                     help="API mode: size the standalone-config shared dict (default: what the agent renders, "
-                         "i.e. APISIX's 10m)")
+                         "ApisixSettings.config_dict_mb)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     args = ap.parse_args()
     if os.geteuid() != 0:

@@ -71,8 +71,8 @@ def apply(workdir: Path, files: tuple[Path, ...]) -> None:
     applied again (same kind, namespace, name) is replaced; a file istiod refuses changes nothing. Waits until
     every sidecar serves the change."""
     try:
-        for target in mesh_mod.apply(workdir, list(files)):
-            click.echo(f"applied {target}")
+        for target, verb in mesh_mod.apply(workdir, list(files)):
+            click.echo(f"{target} {verb}")
     except MeshError as exc:
         _fail(exc)
 

@@ -434,19 +434,27 @@ def _objects(files: list[Path]) -> list[dict]:
     return out
 
 
-def apply(workdir: Path, files: list[Path], timeout: float = 30.0) -> list[str]:
+def apply(workdir: Path, files: list[Path], timeout: float = 30.0) -> list[tuple[str, str]]:
     """Write the files' objects into istiod's config directory and wait for istiod's verdict, then until
-    every sidecar serves the result. istiod validates the whole directory on reload (as its admission
-    webhook would) and keeps its previous state when any object is invalid; then the objects are taken
-    back, so the mesh is unchanged and the error names the object."""
+    every sidecar serves the result; (file, "created" | "configured" | "unchanged") per object, as kubectl
+    says. istiod validates the whole directory on reload (as its admission webhook would) and keeps its
+    previous state when any object is invalid; then the objects are taken back, so the mesh is unchanged
+    and the error names the object. Nothing changed: nothing is written and nothing awaited (istiod need
+    not push for a reload that changes nothing, and measured, it sometimes does not)."""
     require_root()
     workdir = workdir.resolve()
     state = load_state(workdir)
     paths = Paths(workdir)
-    staged = {}
+    staged, outcome = {}, []
     for obj in _objects(files):
         target = _object_file(paths, obj)
-        staged[target] = (yaml.safe_dump(obj, sort_keys=False), target.read_text() if target.exists() else None)
+        text, previous = yaml.safe_dump(obj, sort_keys=False), target.read_text() if target.exists() else None
+        outcome.append((str(target), "created" if previous is None else
+                        "unchanged" if previous == text else "configured"))
+        if previous != text:
+            staged[target] = (text, previous)
+    if not staged:
+        return outcome
     log_file = Path(state["processes"]["istiod"]["log"])
     offset = log_file.stat().st_size
     started = time.time()
@@ -463,7 +471,7 @@ def apply(workdir: Path, files: list[Path], timeout: float = 30.0) -> list[str]:
                 target.write_text(previous)
         raise MeshError(f"istiod refused the change, nothing applied: {problem}")
     wait_converged(workdir, state, since=started, timeout=timeout)
-    return [str(t) for t in staged]
+    return outcome
 
 
 def delete(workdir: Path, files: list[Path], timeout: float = 30.0) -> list[str]:

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,18 @@ def assert_outcomes(outcomes):
 @pytest.mark.parametrize("task", tasks.TASKS, ids=lambda t: t.__name__)
 def test_bookinfo_task(clean, task):
     assert_outcomes(task(clean))
+
+
+def test_apply_says_what_changed_and_skips_a_no_op(clean):
+    """As kubectl apply: the same objects again are `unchanged` (nothing written, nothing to wait for: istiod
+    need not push on a reload that changes nothing); a changed one is `configured`."""
+    again = mesh_mod.apply(clean, tasks.files("destination-rule-all.yaml", "virtual-service-all-v1.yaml"))
+    assert again and {verb for _, verb in again} == {"unchanged"}, again
+    changed = mesh_mod.apply(clean, tasks.files("virtual-service-reviews-jason-v2.yaml"))
+    assert [(Path(f).name, verb) for f, verb in changed] == [
+        ("virtualservice.default.reviews.yaml", "configured")], changed
+    answer = req.send(clean, "productpage-v1", "http://reviews:9080/", headers={"end-user": "jason"})
+    assert req.answered_by(answer) == "reviews v2"
 
 
 def test_inbound_reaches_the_app_from_127_0_0_6(clean):

@@ -117,7 +117,12 @@ class AdminApiSink:
             encoded = encode(document, self.last, held_versions(await self._get_config()))
             status, text = await asyncio.to_thread(self._request, "PUT", encoded)
         if status not in (200, 202, 204):
-            raise PushError(f"PUT {CONFIGS_PATH} answered {status}: {text[:500]}")
+            hint = ""
+            if "shared dict: no memory" in text:
+                hint = (f" (the {len(encoded.body) / 1e6:.1f} MB configuration does not fit APISIX's standalone-config "
+                        "shared dict: raise ApisixSettings.config_dict_mb, config.yaml's "
+                        "nginx_config.meta.lua_shared_dict, and restart APISIX)")
+            raise PushError(f"PUT {CONFIGS_PATH} answered {status}: {text[:500]}{hint}")
         self.last = encoded.sent
         big = len(encoded.body) >= memory.BIG_BYTES
         del encoded  # the body is not kept: digests and versions are all a later push needs

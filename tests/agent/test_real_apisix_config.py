@@ -7,7 +7,9 @@ stream route on the capture port, pushed the agent's way (Admin API sink or apis
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.client
+import json
 import urllib.error
 import urllib.request
 
@@ -16,6 +18,7 @@ import pytest
 from sidecar_agent.apisix.config import Mode, render_yaml
 from sidecar_agent.apisix.datapath import Direction, internal_ports
 from sidecar_agent.sink.admin_api import AdminApiSink
+from sidecar_agent.sink.base import PushError
 from tests import realapisix
 
 ANSWER = {"serverless-pre-function": {"phase": "access", "functions": [
@@ -89,3 +92,32 @@ def test_generated_config_is_accepted_and_serves(mode, ports):
             # the other internal listener stands for 15014: the route keyed on 9080 does not match
             assert get(apisix.forward(internal_ports(data_path)[(Direction.OUTBOUND, 15014)]))[0] == 404
         assert not apisix.errors(), apisix.log()
+
+
+def _big_document(megabytes: float) -> dict:
+    """DOCUMENT plus upstreams enough for `megabytes` of JSON (the size of ~1,500 services' document)."""
+    nodes = [{"host": f"10.{i // 250 % 250}.{i % 250}.1", "port": 9080, "weight": 1} for i in range(120)]
+    count = int(megabytes * 1e6 / len(json.dumps(nodes))) + 1
+    extra = [{"id": f"u-big-{i}", "type": "roundrobin", "nodes": nodes} for i in range(count)]
+    return dict(DOCUMENT, upstreams=DOCUMENT["upstreams"] + extra)
+
+
+@pytest.mark.parametrize("dict_mb", [None, 10], ids=["agent-default", "apisix-default-10m"])
+def test_api_mode_holds_a_big_mesh_or_names_the_shared_dict(dict_mb):
+    """API mode keeps the whole configuration in one shared dict: the agent's size takes a 12 MB
+    document (APISIX's own 10m answers 500 "no memory"); too small a dict is named in the error."""
+    realapisix.skip_unless_available()
+    settings, data_path = realapisix.settings(Mode.API, outbound_http_ports=(9080,))
+    if dict_mb is not None:
+        settings = dataclasses.replace(settings, config_dict_mb=dict_mb)
+    document = _big_document(12)
+    with realapisix.running(render_yaml(settings, data_path)) as apisix:
+        sink = AdminApiSink(apisix.admin_url, settings.admin_key)
+        if dict_mb is None:
+            asyncio.run(sink.push(document))
+            listener = apisix.forward(internal_ports(data_path)[(Direction.OUTBOUND, 9080)])
+            apisix.wait_for(lambda: get(listener)[0] == 200)
+        else:
+            with pytest.raises(PushError, match=r"answered 500: .*no memory.*does not fit APISIX's standalone-config "
+                                                r"shared dict: raise ApisixSettings.config_dict_mb"):
+                asyncio.run(sink.push(document))

@@ -147,6 +147,8 @@ class Request:
             host_no_port = host.split("]", 1)[0] + "]"
         else:
             host_no_port = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+            if host_no_port.endswith("."):  # nginx drops one trailing dot of the name (ngx_http_validate_host)
+                host_no_port = host_no_port[:-1]
         simple = {
             "uri": _normalise_uri(self.raw_path),
             "request_uri": self.path,

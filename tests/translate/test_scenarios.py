@@ -143,8 +143,10 @@ def _route_matches(r, req: Request) -> bool:
 def envoy_vhost(rc, host: str):
     """Envoy's virtual host choice: exact domain, longest ``*suffix``, longest ``prefix*``, then ``*``."""
     host = host.lower()
-    if rc.ignore_port_in_host_matching and not host.startswith("[") and ":" in host:
-        host = host.rsplit(":", 1)[0]
+    if rc.ignore_port_in_host_matching:  # from the last colon with no `]` after it (getPortStart)
+        colon = host.rfind(":")
+        if colon >= 0 and host.rfind("]") < colon:
+            host = host[:colon]
     exact, suffix, prefix, star = None, [], [], None
     for vh in rc.virtual_hosts:
         for d in vh.domains:
@@ -647,6 +649,12 @@ def _samples(rc) -> list[Request]:
         for d in concrete[:2]:
             out += [req(d, port=port, **v) for v in VARIANTS]
     for host in ("example.com", "unknown:9080", "reviews:8080", f"10.0.0.1:{port}"):
+        out.append(req(host, port=port))
+    # what nginx's $host (the name of `hosts`) drops or keeps but Envoy compares exactly: a trailing dot,
+    # case, a port that is not the listener's or is spelt differently
+    bare = next((d for vh in rc.virtual_hosts for d in vh.domains if d.isalpha()), "reviews")
+    for host in (f"{bare}.", f"{bare}.:{port}", f"{bare.upper()}:{port}", f"{bare}:0{port}", f"{bare}:",
+                 f"{bare}:{port}.", f"{bare}:{port}:{port}", f"[{bare}]:{port}"):
         out.append(req(host, port=port))
     return out
 

@@ -257,3 +257,50 @@ def test_cli_bad_input_fails_cleanly_and_writes_nothing(tmp_path):
     out = tmp_path / "out.json"
     result = CliRunner().invoke(main, ["translate", str(bad), "-o", str(out)])
     assert result.exit_code == 1 and "invalid input" in result.output and not out.exists()
+
+
+# -- the Host condition: one regex per port for Istio-shaped virtual hosts ----------------------------------
+def _nginx_host(http_host: str) -> str:
+    """nginx's $host for the Host header (ngx_http_validate_host): lower-cased, without the port, one
+    trailing dot of the name dropped (what APISIX's `hosts` compares)."""
+    host = http_host.lower()
+    name = host.split("]", 1)[0] + "]" if host.startswith("[") else host.split(":", 1)[0]
+    return name[:-1] if name.endswith(".") else name
+
+
+def _apisix_admits(hosts, host_vars, http_host: str) -> bool:
+    if hosts is not None and _nginx_host(http_host) not in hosts:
+        return False
+    return all(re.match(pattern, http_host, re.IGNORECASE) for _, _, pattern in host_vars)
+
+
+ISTIO_NAMES = ["reviews", "reviews.default", "reviews.default.svc.cluster.local", "10.96.0.7", "[fd00::7]"]
+
+
+@pytest.mark.parametrize("domains, shared", [
+    ([d for n in ISTIO_NAMES for d in (n, f"{n}:9080")], True),           # Istio's outbound virtual host
+    ([d.upper() for n in ISTIO_NAMES for d in (n, f"{n}:9080")], True),   # domains compare case-insensitively
+    (ISTIO_NAMES, False),                                                 # no `:9080` forms: the port is refused
+    ([d for n in ISTIO_NAMES for d in (n, f"{n}:9080")][:-1], False),     # one form missing
+    (["reviews", "reviews:9081"], False),                                 # another port
+    (["my_svc", "my_svc:9080"], False),                                   # not a plain name
+    (["reviews.", "reviews.:9080"], False),                               # a trailing dot is compared as is
+    (["*.example.com", "*.example.com:9080"], False),                     # wildcards keep their own
+])
+def test_host_condition_shares_one_regex_per_port_only_where_it_means_the_same(domains, shared):
+    from sidecar_agent.translate.route import host_condition, port_host_regex
+
+    hosts, host_vars = host_condition(domains, False, 9080)
+    assert (host_vars == [port_host_regex(9080)]) is shared
+    own = host_condition(domains, False)  # no port: always the virtual host's own regex
+    assert own[1] != [port_host_regex(9080)]
+    wanted = {d.lower() for d in domains}
+    names = {h for d in domains for h in (d.split(":")[0] if not d.startswith("[") else d.split("]")[0] + "]",)}
+    for name in sorted(names | {"other", "reviews.default.svc"}):
+        for http_host in (name, f"{name}:9080", name.upper(), f"{name}.", f"{name}.:9080", f"{name}:09080",
+                          f"{name}:", f"{name}:9080.", f"{name}:9081", f"{name}:9080:9080"):
+            if "*" in http_host:
+                continue
+            exact = http_host.lower() in wanted  # Envoy: the domain list, exactly (no port ignoring)
+            for condition in ((hosts, host_vars), own):
+                assert _apisix_admits(*condition, http_host) is exact, (domains, http_host, condition)
