@@ -32,7 +32,8 @@ Figures:
   latency and failed requests (not 200 with the right body, or an error / timeout).
 * variants: ``as-is`` the agent's document (one ``http_host`` regex per port on Istio-shaped routes);
   ``per-service-regex`` the shape before issue 12 (each such route with the regex of its own names, see
-  ``variant``), for before/after in one run; ``no-regex`` without the host regex
+  ``variant``), for before/after in one run; ``one-host`` one name per route (diagnostic: as if the Host
+  were mapped to one canonical name first); ``no-regex`` without the host regex
   and ``no-hosts`` without ``hosts`` (both diagnostic: not the same routing).
 * modes: ``api``, ``file`` (the agent's conf/apisix.json, ``config_provider: json``) and ``file-yaml``
   (``config_provider: yaml`` reading conf/apisix.yaml, what the agent wrote before; for comparison).
@@ -141,11 +142,16 @@ def variant(document: dict, name: str) -> dict:
                 route = dict(route, vars=[list(own[0]) if v == shared else v for v in route_vars])
             routes.append(route)
         return dict(document, routes=routes)
+    if name == "one-host":
+        # diagnostic: one name per route instead of Istio's six (the FQDN), as if the Host were mapped to a
+        # canonical name before routing: how much of the cost is radixtree_host_uri's sub-router per name
+        return dict(document, routes=[dict(r, hosts=[max(r["hosts"], key=len)]) if r.get("hosts") else r
+                                      for r in document["routes"]])
     if name == "no-hosts":
         # diagnostic: no `hosts` pre-filter (the per-route regex still decides the host exactly), so
         # radixtree_host_uri builds no per-host sub-router; every request then scans the routes of its uri
         return dict(document, routes=[{k: v for k, v in r.items() if k != "hosts"} for r in document["routes"]])
-    raise SystemExit(f"unknown variant {name!r} (as-is, per-service-regex, no-regex, no-hosts)")
+    raise SystemExit(f"unknown variant {name!r} (as-is, per-service-regex, no-regex, one-host, no-hosts)")
 
 
 def with_probes(document: dict, marker: str, regex: bool, per_service: bool = False, hosts: bool = True) -> dict:
@@ -475,7 +481,7 @@ def main() -> int:
                     help="file (the agent's conf/apisix.json), api (PUT /apisix/admin/configs), file-yaml (the "
                          "YAML provider the agent used before: conf/apisix.yaml; for comparison)")
     ap.add_argument("--variants", default="as-is",
-                    help="as-is (the agent's document), per-service-regex, no-regex, no-hosts (comma-separated)")
+                    help="as-is (the agent's document), per-service-regex, no-regex, one-host, no-hosts (comma-separated)")
     ap.add_argument("--changes", type=int, default=3, help="one-route changes timed per run")
     ap.add_argument("--rate", type=float, default=50.0, help="steady requests per second during a change")
     ap.add_argument("--confirm", type=int, default=4, help="fresh-connection answers in a row that count as served")
