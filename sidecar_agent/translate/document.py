@@ -26,6 +26,7 @@ import sys
 from bisect import bisect_left
 from collections import Counter
 from contextlib import contextmanager
+from itertools import compress
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -615,9 +616,12 @@ class Translator:
             # Two translations of one route configuration: only the virtual hosts whose part changed are
             # looked at, so one changed virtual host of 1,000 costs its own routes, not 3,000 (a stale
             # `by_id` entry of a duplicated id is left for document()'s re-assembly, which it forces).
-            old_parts, new_parts = old.parts, new.parts
-            old_routes = [r for d, p in old_parts.items() if new_parts.get(d) is not p for r in p.routes]
-            new_routes = [r for d, p in new_parts.items() if old_parts.get(d) is not p for r in p.routes]
+            old_parts, new_parts = old.parts.values(), new.parts.values()
+            # by identity, in C (map, set difference, compress): no Python loop over the unchanged parts
+            old_ids, new_ids = set(map(id, old_parts)), set(map(id, new_parts))
+            gone, came = old_ids - new_ids, new_ids - old_ids
+            old_routes = [r for p in compress(old_parts, map(gone.__contains__, map(id, old_parts))) for r in p.routes]
+            new_routes = [r for p in compress(new_parts, map(came.__contains__, map(id, new_parts))) for r in p.routes]
             kept = set()
         else:
             kept = {id(r) for r in old_routes if by_id.get(r["id"]) is r} & {id(r) for r in new_routes} \

@@ -44,6 +44,7 @@ import array
 import copy
 import hashlib
 import re
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from itertools import chain
@@ -203,7 +204,8 @@ def translate_route_config(rc, previous: RouteSet | None = None, websocket: bool
     # (map, chain, set union) rather than a Python loop over them (benchmarks/agent.py "one route change").
     found: list[VhostPart | None] = list(map(reusable.get, digests))
     vhosts = rc.virtual_hosts
-    for index in [i for i, part in enumerate(found) if part is None]:
+    made = [i for i, part in enumerate(found) if part is None]
+    for index in made:
         vhost = vhosts[index]
         vhost_name = vhost.name  # each protobuf read makes a new str: read once
         domains = tuple(vhost.domains)
@@ -222,22 +224,63 @@ def translate_route_config(rc, previous: RouteSet | None = None, websocket: bool
             _name_duplicate_domain(rc, (index + 1, 0))
             raise
     plist: list[VhostPart] = found  # type: ignore[assignment]  # every part found or made
-    # Duplicate domains, from the parts' stored hashes (no protobuf read for a reused virtual host); a
-    # match, or a hash collision, is settled by the exact check.
-    keys = memoryview(b"".join(map(_DOMAIN_HASHES, plist))).cast("q")
-    if len(set(keys)) != len(keys):
-        _name_duplicate_domain(rc)  # raises, unless it was a hash collision
     parts = dict(zip(digests, plist))
+    new_parts = [plist[i] for i in made]
+    # A few virtual hosts changed since `previous` (which passed the checks): only theirs are looked at.
+    gone = [reusable[d] for d in reusable.keys() - parts.keys()] if reusable else []
+    few = bool(reusable) and len(made) <= _FEW_CHANGED and len(gone) <= _FEW_CHANGED
+    if _duplicate_domains(plist, new_parts if few else None):
+        _name_duplicate_domain(rc)  # raises, unless it was a hash collision
     # Coverage: most virtual hosts share one counts tuple; each distinct tuple is added once, multiplied.
     shared = {id(counts): counts for counts in map(_COUNTS, plist)}
     for ident, times in Counter(map(id, map(_COUNTS, plist))).items():
         cov.add_counts((f, n * times) for f, n in shared[ident])
-    routes = list(chain.from_iterable(map(_ROUTES, plist)))
-    routes.sort(key=_ROUTE_ID)
+    routes = _patched_routes(previous.routes, gone, new_parts) if few else None
+    if routes is None:
+        routes = list(chain.from_iterable(map(_ROUTES, plist)))
+        routes.sort(key=_ROUTE_ID)
     refs = frozenset().union(*map(_REFS, plist))
     own = frozenset(chain.from_iterable(map(_OWN_WEBSOCKET, plist)))
     mirrors = frozenset().union(*map(_MIRRORS, plist))
     return RouteSet(name, tuple(routes), refs, cov.entries(), context, parts, websocket, own, mirrors)
+
+
+# Up to this many virtual hosts made anew (and as many gone), the previous translation is patched (sorted routes, domain
+# check) instead of redone over all of them: 1,000 virtual hosts, one changed: ~1 ms less.
+_FEW_CHANGED = 8
+
+
+def _duplicate_domains(plist: list[VhostPart], new_parts: list[VhostPart] | None) -> bool:
+    """Might two of the parts' domains be the same (by their stored hashes; the exact check decides)?
+    `new_parts`: only these can hold a duplicate (the others passed before): each of their hashes is
+    counted in all the parts' hashes (C-level byte searches) instead of a set of every domain."""
+    joined = b"".join(map(_DOMAIN_HASHES, plist))
+    if new_parts is None:
+        keys = memoryview(joined).cast("q")
+        return len(set(keys)) != len(keys)
+    # A hash found more than once (a misaligned match too: rare, and settled by the exact check).
+    return any(joined.count(part.domain_hashes[at:at + 8]) > 1
+               for part in new_parts for at in range(0, len(part.domain_hashes), 8))
+
+
+def _patched_routes(previous: tuple[dict, ...], removed: list[VhostPart],
+                    added: list[VhostPart]) -> list[dict] | None:
+    """`previous` (sorted by id) without the routes of `removed` and with those of `added`, each put in its
+    place by bisection; None when an id is not unique (the caller sorts everything, as stable as ever)."""
+    routes = list(previous)
+    for part in removed:
+        for route in part.routes:
+            at = bisect_left(routes, route["id"], key=_ROUTE_ID)
+            if at >= len(routes) or routes[at] is not route:
+                return None
+            del routes[at]
+    for part in added:
+        for route in part.routes:
+            at = bisect_left(routes, route["id"], key=_ROUTE_ID)
+            if at < len(routes) and routes[at]["id"] == route["id"]:
+                return None
+            routes.insert(at, route)
+    return routes
 
 
 def with_websocket(rs: RouteSet, websocket: bool) -> RouteSet:
