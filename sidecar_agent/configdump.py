@@ -286,12 +286,13 @@ def _convert(value: Any, message: Any) -> None:
     protobuf's pure-Python json_format rebuilds a {json_name: field} dict for every message it parses
     (dozens per cluster) and checks every string against a regular expression: JSON -> protobuf was
     ~4x json.loads plus the binary parse (docs/translation.md, "Issue 12"). This walk takes fields from a
-    per-type table and handles what dumps hold — objects, lists, string-keyed maps, ints, doubles, bools,
-    ASCII strings, ints as strings, enum names, Any of a generated type — exactly as json_format does (SetInParent on
-    every object, Any packed by SerializeToString); anything else (nulls, well-known types but Any, bytes,
-    floats, a field or oneof given twice, unknown fields) raises, and the caller parses the whole
-    resource with json_format instead, which also words the errors. Checked against json_format on every
-    fixture dump (tests/translate/test_configdump.py)."""
+    per-type table and handles what dumps hold as json_format does: objects (SetInParent on each),
+    lists, string-keyed maps, ints (and int64 strings), doubles, bools, ASCII strings, enum names,
+    wrappers, durations, structs, Any of a generated type (packed by SerializeToString); other
+    well-known types go to json_format.ParseDict. Anything else — nulls, NaN, floats, bytes, a field or oneof
+    given twice, unknown names — raises, and the caller parses the whole resource with json_format
+    instead, which also words the errors. Checked against json_format on every fixture dump
+    (tests/translate/test_configdump_fast.py)."""
     if type(value) is not dict:
         raise _Fallback
     fields = _fields_of(message.DESCRIPTOR)
@@ -345,10 +346,53 @@ def _convert_message(value: Any, message: Any) -> None:
         _convert({k: v for k, v in value.items() if k != "@type"}, sub)
         message.value = sub.SerializeToString()
         message.type_url = type_url
-    elif full_name.startswith("google.protobuf."):  # well-known types: their own JSON forms
+    elif full_name in _WRAPPERS:  # UInt32Value & co: the bare value, converted as the field it wraps
+        message.value = _scalar(message.DESCRIPTOR.fields_by_name["value"], value)
+    elif full_name in _FROM_STRING:  # what json_format does with them: FromJsonString (ValueError: fall back)
+        if type(value) is not str:
+            raise _Fallback
+        message.FromJsonString(value)
+    elif full_name == "google.protobuf.Struct":  # metadata: on every endpoint of a dump
+        _convert_struct(value, message)
+    elif full_name.startswith("google.protobuf."):  # other well-known types: their own JSON forms
         json_format.ParseDict(value, message)
     else:
         _convert(value, message)
+
+
+def _convert_struct(value: Any, message: Any) -> None:
+    """json_format's Struct, Value and ListValue conversion, step for step."""
+    if type(value) is not dict:
+        raise _Fallback
+    message.Clear()  # as json_format: the struct is set even when empty
+    fields = message.fields
+    for key, item in value.items():
+        _convert_value(item, fields[key])
+
+
+def _convert_value(value: Any, message: Any) -> None:
+    if isinstance(value, dict):
+        _convert_struct(value, message.struct_value)
+    elif isinstance(value, list):
+        values = message.list_value
+        values.ClearField("values")
+        for item in value:
+            _convert_value(item, values.values.add())
+    elif value is None:
+        message.null_value = 0
+    elif isinstance(value, bool):
+        message.bool_value = value
+    elif isinstance(value, str):
+        message.string_value = value
+    elif isinstance(value, (int, float)):
+        message.number_value = value
+    else:
+        raise _Fallback
+
+
+_WRAPPERS = frozenset(f"google.protobuf.{name}Value" for name in
+                      ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes"))
+_FROM_STRING = frozenset({"google.protobuf.Duration", "google.protobuf.Timestamp", "google.protobuf.FieldMask"})
 
 
 _MAP, _MESSAGES, _SCALARS, _MESSAGE, _SCALAR = range(5)

@@ -41,6 +41,13 @@ def _cluster():
      "transportSocket": {"name": "tls", "typedConfig": {
          "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
          "sni": "outbound_.9080_._.reviews", "commonTlsContext": {"alpnProtocols": ["istio", "h2"]}}}},
+    {"name": "c", "metadata": {"filterMetadata": {"a": {}, "b": {"n": 1, "f": 0.5, "t": True,
+                                                        "l": [None, "s", [], {}]}}},
+     "connectTimeout": "0.250s", "perConnectionBufferLimitBytes": 32768},
+    {"name": "c", "connectTimeout": "5 s"},
+    {"name": "c", "connectTimeout": 5},
+    {"name": "c", "perConnectionBufferLimitBytes": "32768"},
+    {"name": "c", "metadata": {"filterMetadata": {"a": []}}},
     {"name": "c", "lbPolicy": "LEAST_REQUEST", "lb_policy": "ROUND_ROBIN"},  # one field under both names
     {"name": "c", "type": "EDS", "clusterType": {"name": "x"}},  # one oneof twice
     {"name": "c", "lbPolicy": "NO_SUCH_POLICY"},
