@@ -252,16 +252,20 @@ def _message_class(kind: str) -> type:
 def _parse(kind: str, data: Mapping, where: str, notes: list[ParseNote]) -> Any:
     _import_typed_structs()
     name = str(_get(data, "cluster_name" if kind == ENDPOINTS else "name", "?"))
+    body = {k: v for k, v in data.items() if k != "@type"} if "@type" in data else data
+    # The fast path first, before the walk for unknown Any types: it takes only types in the pool (an
+    # unknown or not yet imported one raises), and then that walk would change nothing.
+    message = _fast_parse(kind, body)
+    if message is not None:
+        return message
     opaque: list[str] = []
-    body = _wrap_unknown_any({k: v for k, v in data.items() if k != "@type"} if "@type" in data else data, opaque)
+    body = _wrap_unknown_any(body, opaque)
     for url in opaque:
         notes.append(ParseNote(kind, name, "typed_config", f"{url} unknown to xds-protos, kept opaque"))
-    message = _message_class(kind)()
-    try:
-        _convert(body, message)
+    message = _fast_parse(kind, body)  # with the unknown types wrapped and the others imported
+    if message is not None:
         return message
-    except Exception:  # noqa: BLE001  anything the fast path does not take: json_format decides, and words errors
-        message = _message_class(kind)()
+    message = _message_class(kind)()
     try:
         json_format.ParseDict(body, message)
         return message
@@ -273,6 +277,16 @@ def _parse(kind: str, data: Mapping, where: str, notes: list[ParseNote]) -> Any:
     except json_format.ParseError as exc:
         raise ConfigDumpError(f"{where}: invalid {kind} {name!r}: {exc}") from None
     notes.append(ParseNote(kind, name, "(unknown fields)", strict_error.split(" at ")[0][:200]))
+    return message
+
+
+def _fast_parse(kind: str, body: Mapping) -> Any:
+    """The message `body` holds, by `_convert`; None when it leaves it to json_format."""
+    message = _message_class(kind)()
+    try:
+        _convert(body, message)
+    except Exception:  # noqa: BLE001  anything the fast path does not take: json_format decides, and words errors
+        return None
     return message
 
 
@@ -423,7 +437,7 @@ def _any_class(type_url: str) -> type:
     if cls is None:
         from google.protobuf import message_factory
 
-        descriptor = descriptor_pool.Default().FindMessageTypeByName(type_url.split("/")[-1])
+        descriptor = _pool.FindMessageTypeByName(type_url.split("/")[-1])  # KeyError: unknown, fall back
         if descriptor.full_name.startswith("google.protobuf."):
             raise _Fallback  # a well-known type in an Any has a JSON form of its own
         cls = _any_classes[type_url] = message_factory.GetMessageClass(descriptor)

@@ -298,8 +298,8 @@ def with_websocket(rs: RouteSet, websocket: bool) -> RouteSet:
     return replace(rs, routes=tuple(routes), context=b"", parts={}, websocket=websocket)
 
 
-_ROUTES, _REFS, _COUNTS, _MIRRORS = attrgetter("routes"), attrgetter("refs"), attrgetter("counts"), attrgetter("mirrors")
-_OWN_WEBSOCKET = attrgetter("own_websocket")
+_ROUTES, _REFS, _COUNTS = attrgetter("routes"), attrgetter("refs"), attrgetter("counts")
+_MIRRORS, _OWN_WEBSOCKET = attrgetter("mirrors"), attrgetter("own_websocket")
 _DOMAIN_HASHES = attrgetter("domain_hashes")
 _ROUTE_ID = itemgetter("id")
 
