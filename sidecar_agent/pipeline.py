@@ -174,12 +174,13 @@ class Gate:
     held), and the held objects naming an upstream that went away (from an index by upstream id). The
     rest is C-level passes over the lists (`map(id, …)`, set differences, `compress`): one changed route
     at 1,000 services costs its own check, not Python passes over 9,000 objects (benchmarks/agent.py
-    "one route change")."""
+    "one route change"). What it holds, ~1.5 MB at 1,000 services: a copy of each list (which keeps
+    the objects, so their id()s are not reused), the set of their id()s and of their "id" values, and
+    the index (an upstream named by one object maps to that object's id(), a tuple of them for more)."""
 
     def __init__(self) -> None:
         self._lists: dict[str, _Held] = {}  # the last accepted document's lists, by type
-        self._refs: dict[int, tuple] = {}  # id(held route, service or stream route) -> the upstream ids it names
-        self._users: dict[Any, set[int]] = {}  # upstream id -> id() of the held objects naming it
+        self._users: dict[Any, int | tuple[int, ...]] = {}  # upstream id -> id() of the held objects naming it
 
     def __call__(self, document: Mapping[str, Any]) -> list[str]:
         problems: list[str] = []
@@ -190,14 +191,18 @@ class Gate:
             if diff.duplicates():
                 problems += [p for p in inconsistencies({key: objects}) if p.endswith("duplicate id")]
         upstreams = diffs.get("upstreams") or _Diff((), _Held())
-        gone = [oid for oid in upstreams.removed_ids if not upstreams.holds(oid)]
-        named_gone = set().union(*(self._users.get(oid, ()) for oid in gone))
+        named_gone: set[int] = set()
+        for oid in upstreams.removed_ids:
+            if not upstreams.holds(oid):
+                users = self._users.get(oid, ())
+                named_gone.update(users if type(users) is tuple else (users,))
         for key in _REF_KEYS:
             diff = diffs.get(key)
             if diff is None:
                 continue
             check = list(diff.added)
-            check += [diff.held.objects[ident] for ident in named_gone & diff.now if ident in diff.held.objects]
+            if named_gone:  # held objects still in the list that name an upstream gone
+                check += itertools.compress(diff.objects, map(named_gone.__contains__, map(id, diff.objects)))
             check.sort(key=_id_text)  # problems in id order, whatever the set order
             for obj in check:
                 problems += [f"{key}/{obj.get('id')}: upstream {ref!r} does not exist"
@@ -207,42 +212,45 @@ class Gate:
         return problems
 
     def _commit(self, diffs: dict[str, "_Diff"]) -> None:
-        refs, users = self._refs, self._users
+        users = self._users
         for key, diff in diffs.items():
             held = diff.held
-            for obj in diff.removed:
-                del held.objects[id(obj)]
-            held.objects.update(zip(map(id, diff.added), diff.added))
+            held.objects = list(diff.objects)  # a copy: the translator patches its lists in place
             held.idents = diff.now
             held.ids.difference_update(diff.removed_ids)
             held.ids.update(diff.added_ids)
-            if held.idents:
+            if held.objects:
                 self._lists[key] = held
             else:
                 self._lists.pop(key, None)
             if key not in _REF_KEYS:
                 continue
-            for obj in diff.removed:
-                for upstream_id in refs.pop(id(obj), ()):
-                    named = users[upstream_id]
-                    named.discard(id(obj))
-                    if not named:
+            for obj in diff.removed:  # read-only: it names what it named when it came
+                ident = id(obj)
+                for upstream_id in set(_upstream_refs(obj)):
+                    named = users.get(upstream_id)
+                    if named == ident:
                         del users[upstream_id]
+                    elif type(named) is tuple:
+                        rest = tuple(i for i in named if i != ident)
+                        users[upstream_id] = rest if len(rest) > 1 else rest[0]
             for obj in diff.added:
-                named = refs[id(obj)] = tuple(set(_upstream_refs(obj)))  # a split may name one twice
-                for upstream_id in named:
-                    users.setdefault(upstream_id, set()).add(id(obj))
+                ident = id(obj)
+                for upstream_id in set(_upstream_refs(obj)):  # a split may name one twice
+                    named = users.get(upstream_id)
+                    users[upstream_id] = ident if named is None else (
+                        (*named, ident) if type(named) is tuple else (named, ident))
 
 
 _REF_KEYS = ("routes", "services", "stream_routes")
 
 
 class _Held:
-    """One list of the last accepted document: its objects by id() (holding them keeps their id() from
-    being reused), the set of those id()s, and the set of their "id" values."""
+    """One list of the last accepted document: a copy of it, the set of its objects' id()s and the set
+    of their "id" values."""
 
     def __init__(self) -> None:
-        self.objects: dict[int, Any] = {}
+        self.objects: list = []
         self.idents: set[int] = set()
         self.ids: set = set()
 
@@ -252,11 +260,12 @@ class _Diff:
 
     def __init__(self, objects, held: _Held) -> None:
         self.held = held
-        self.count = len(objects)
+        self.objects = objects
         self.now = set(map(id, objects))
-        came = self.now - held.idents
+        came, gone = self.now - held.idents, held.idents - self.now
         self.added = list(itertools.compress(objects, map(came.__contains__, map(id, objects)))) if came else []
-        self.removed = [held.objects[ident] for ident in held.idents - self.now]
+        self.removed = list(itertools.compress(held.objects, map(gone.__contains__, map(id, held.objects)))) \
+            if gone else []
         self.removed_ids = {obj.get("id") for obj in self.removed}
         self.added_ids = [obj.get("id") for obj in self.added]
         self._added_set = set(self.added_ids)
@@ -266,7 +275,7 @@ class _Diff:
         return oid in self._added_set or (oid in self.held.ids and oid not in self.removed_ids)
 
     def duplicates(self) -> bool:
-        return len(self.now) != self.count or len(self._added_set) != len(self.added_ids) or any(
+        return len(self.now) != len(self.objects) or len(self._added_set) != len(self.added_ids) or any(
             oid in self.held.ids and oid not in self.removed_ids for oid in self._added_set)
 
 
