@@ -26,8 +26,8 @@ import sys
 from bisect import bisect_left
 from collections import Counter
 from contextlib import contextmanager
-from itertools import compress
 from dataclasses import dataclass
+from itertools import compress
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import ipaddress
@@ -747,9 +747,10 @@ def _bulk() -> Iterator[None]:
 
     Leaving the outermost one, what survived is handed to the oldest generation (`gc.freeze()` then
     `gc.unfreeze()`: two list splices, and the young count reset) instead of being walked by the first
-    young collection after `gc.enable()`: the millions of objects of a 10,000-service load cost ~0.3 s
-    there, at every exit (benchmarks/translate.py agent-style). Full collections still see them; the
-    agent's pipeline freezes the accepted translation afterwards as before (pipeline.settle_heap)."""
+    young collection after `gc.enable()`: the millions of objects of a 10,000-service load cost 0.2-0.4 s
+    there over the exits of a bulk, `document()` and `report()` (benchmarks/translate.py agent-style,
+    docs/translation.md "Second round"). Full collections still see them; the agent's pipeline freezes
+    the accepted translation afterwards as before (pipeline.settle_heap)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
