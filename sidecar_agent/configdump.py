@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import math
 import pkgutil
 from collections import abc
 from dataclasses import dataclass, field
@@ -251,10 +252,19 @@ def _message_class(kind: str) -> type:
 def _parse(kind: str, data: Mapping, where: str, notes: list[ParseNote]) -> Any:
     _import_typed_structs()
     name = str(_get(data, "cluster_name" if kind == ENDPOINTS else "name", "?"))
+    body = {k: v for k, v in data.items() if k != "@type"} if "@type" in data else data
+    # The fast path first, before the walk for unknown Any types: it takes only types in the pool (an
+    # unknown or not yet imported one raises), and then that walk would change nothing.
+    message = _fast_parse(kind, body)
+    if message is not None:
+        return message
     opaque: list[str] = []
-    body = _wrap_unknown_any({k: v for k, v in data.items() if k != "@type"} if "@type" in data else data, opaque)
+    body = _wrap_unknown_any(body, opaque)
     for url in opaque:
         notes.append(ParseNote(kind, name, "typed_config", f"{url} unknown to xds-protos, kept opaque"))
+    message = _fast_parse(kind, body)  # with the unknown types wrapped and the others imported
+    if message is not None:
+        return message
     message = _message_class(kind)()
     try:
         json_format.ParseDict(body, message)
@@ -268,6 +278,204 @@ def _parse(kind: str, data: Mapping, where: str, notes: list[ParseNote]) -> Any:
         raise ConfigDumpError(f"{where}: invalid {kind} {name!r}: {exc}") from None
     notes.append(ParseNote(kind, name, "(unknown fields)", strict_error.split(" at ")[0][:200]))
     return message
+
+
+def _fast_parse(kind: str, body: Mapping) -> Any:
+    """The message `body` holds, by `_convert`; None when it leaves it to json_format."""
+    message = _message_class(kind)()
+    try:
+        _convert(body, message)
+    except Exception:  # noqa: BLE001  anything the fast path does not take: json_format decides, and words errors
+        return None
+    return message
+
+
+class _Fallback(Exception):
+    """Input the fast JSON -> protobuf path leaves to json_format."""
+
+
+def _convert(value: Any, message: Any) -> None:
+    """json_format.ParseDict(value, message) for the JSON a config dump holds, several times faster.
+
+    protobuf's pure-Python json_format rebuilds a {json_name: field} dict for every message it parses
+    (dozens per cluster) and checks every string against a regular expression: JSON -> protobuf was
+    ~4x json.loads plus the binary parse (docs/translation.md, "Issue 12"). This walk takes fields from a
+    per-type table and handles what dumps hold as json_format does: objects (SetInParent on each),
+    lists, string-keyed maps, ints (and int64 strings), doubles, bools, ASCII strings, enum names,
+    wrappers, durations, structs, Any of a generated type (packed by SerializeToString); other
+    well-known types go to json_format.ParseDict. Anything else — nulls, NaN, floats, bytes, a field or oneof
+    given twice, unknown names — raises, and the caller parses the whole resource with json_format
+    instead, which also words the errors. Checked against json_format on every fixture dump
+    (tests/translate/test_configdump_fast.py)."""
+    if type(value) is not dict:
+        raise _Fallback
+    fields = _fields_of(message.DESCRIPTOR)
+    seen: set = set()
+    for key, item in value.items():
+        spec = fields.get(key)
+        if spec is None or item is None:
+            raise _Fallback
+        field, kind, group = spec
+        if group in seen:  # the field (under both names) or its oneof given twice
+            raise _Fallback
+        seen.add(group)
+        if kind is _MAP:
+            if type(item) is not dict:
+                raise _Fallback
+            target = getattr(message, field.name)
+            value_field = field.message_type.fields_by_name["value"]
+            if value_field.message_type is not None:
+                for map_key, entry in item.items():
+                    _convert_message(entry, target[_map_key(map_key)])
+            else:
+                for map_key, entry in item.items():
+                    target[_map_key(map_key)] = _scalar(value_field, entry)
+        elif kind is _MESSAGES:
+            if type(item) is not list:
+                raise _Fallback
+            target = getattr(message, field.name)
+            for entry in item:
+                _convert_message(entry, target.add())
+        elif kind is _SCALARS:
+            if type(item) is not list:
+                raise _Fallback
+            getattr(message, field.name).extend([_scalar(field, entry) for entry in item])
+        elif kind is _MESSAGE:
+            sub = getattr(message, field.name)
+            sub.SetInParent()
+            _convert_message(item, sub)
+        else:
+            setattr(message, field.name, _scalar(field, item))
+
+
+def _convert_message(value: Any, message: Any) -> None:
+    full_name = message.DESCRIPTOR.full_name
+    if full_name == "google.protobuf.Any":
+        if type(value) is not dict:
+            raise _Fallback
+        if not value:
+            return
+        type_url = value["@type"]
+        sub = _any_class(type_url)()
+        _convert({k: v for k, v in value.items() if k != "@type"}, sub)
+        message.value = sub.SerializeToString()
+        message.type_url = type_url
+    elif full_name in _WRAPPERS:  # UInt32Value & co: the bare value, converted as the field it wraps
+        message.value = _scalar(message.DESCRIPTOR.fields_by_name["value"], value)
+    elif full_name in _FROM_STRING:  # what json_format does with them: FromJsonString (ValueError: fall back)
+        if type(value) is not str:
+            raise _Fallback
+        message.FromJsonString(value)
+    elif full_name == "google.protobuf.Struct":  # metadata: on every endpoint of a dump
+        _convert_struct(value, message)
+    elif full_name.startswith("google.protobuf."):  # other well-known types: their own JSON forms
+        json_format.ParseDict(value, message)
+    else:
+        _convert(value, message)
+
+
+def _convert_struct(value: Any, message: Any) -> None:
+    """json_format's Struct, Value and ListValue conversion, step for step."""
+    if type(value) is not dict:
+        raise _Fallback
+    message.Clear()  # as json_format: the struct is set even when empty
+    fields = message.fields
+    for key, item in value.items():
+        _convert_value(item, fields[key])
+
+
+def _convert_value(value: Any, message: Any) -> None:
+    if isinstance(value, dict):
+        _convert_struct(value, message.struct_value)
+    elif isinstance(value, list):
+        values = message.list_value
+        values.ClearField("values")
+        for item in value:
+            _convert_value(item, values.values.add())
+    elif value is None:
+        message.null_value = 0
+    elif isinstance(value, bool):
+        message.bool_value = value
+    elif isinstance(value, str):
+        message.string_value = value
+    elif isinstance(value, (int, float)):
+        message.number_value = value
+    else:
+        raise _Fallback
+
+
+_WRAPPERS = frozenset(f"google.protobuf.{name}Value" for name in
+                      ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes"))
+_FROM_STRING = frozenset({"google.protobuf.Duration", "google.protobuf.Timestamp", "google.protobuf.FieldMask"})
+
+
+_MAP, _MESSAGES, _SCALARS, _MESSAGE, _SCALAR = range(5)
+_field_tables: dict[Any, dict[str, tuple]] = {}
+_any_classes: dict[str, type] = {}
+
+
+def _fields_of(descriptor) -> dict[str, tuple]:
+    """JSON name and proto name -> (field, kind, group): `group` is the oneof's name for oneof members."""
+    table = _field_tables.get(descriptor)
+    if table is None:
+        table = {}
+        for field in descriptor.fields:
+            if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                kind = _MAP
+            elif field.is_repeated:
+                kind = _MESSAGES if field.message_type is not None else _SCALARS
+            else:
+                kind = _MESSAGE if field.message_type is not None else _SCALAR
+            group = ("oneof", field.containing_oneof.name) if field.containing_oneof is not None else field.name
+            table[field.name] = table[field.json_name] = (field, kind, group)
+        _field_tables[descriptor] = table
+    return table
+
+
+def _any_class(type_url: str) -> type:
+    cls = _any_classes.get(type_url)
+    if cls is None:
+        from google.protobuf import message_factory
+
+        descriptor = _pool.FindMessageTypeByName(type_url.split("/")[-1])  # KeyError: unknown, fall back
+        if descriptor.full_name.startswith("google.protobuf."):
+            raise _Fallback  # a well-known type in an Any has a JSON form of its own
+        cls = _any_classes[type_url] = message_factory.GetMessageClass(descriptor)
+    return cls
+
+
+_CPP = json_format.descriptor.FieldDescriptor
+
+
+def _map_key(key: str) -> str:
+    if key.isascii():  # string keys only (others are converted from their JSON form: json_format's)
+        return key
+    raise _Fallback
+
+
+def _scalar(field, value: Any) -> Any:
+    cpp = field.cpp_type
+    kind = type(value)
+    if cpp in (_CPP.CPPTYPE_INT32, _CPP.CPPTYPE_INT64, _CPP.CPPTYPE_UINT32, _CPP.CPPTYPE_UINT64):
+        if kind is int:  # not bool, not 1.0
+            return value
+        if kind is str and " " not in value:  # the JSON form of 64-bit ints: int() as json_format does
+            return int(value)
+    elif cpp == _CPP.CPPTYPE_STRING:
+        if kind is str and field.type == _CPP.TYPE_STRING and value.isascii():  # no surrogate to check
+            return value
+    elif cpp == _CPP.CPPTYPE_BOOL:
+        if kind is bool:
+            return value
+    elif cpp == _CPP.CPPTYPE_ENUM:
+        if kind is str:
+            number = field.enum_type.values_by_name.get(value)
+            if number is not None:
+                return number.number
+    elif cpp == _CPP.CPPTYPE_DOUBLE:
+        if (kind is float and math.isfinite(value)) or kind is int:  # json_format refuses NaN, Infinity
+            return float(value)
+    raise _Fallback
 
 
 def _wrap_unknown_any(value: Any, opaque: list[str]) -> Any:

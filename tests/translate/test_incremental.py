@@ -326,6 +326,8 @@ def test_reused_virtual_hosts_give_the_fresh_translation(edit):
     changed = _edited(rc, EDITS[edit])
     reused = translate_route_config(changed, before)
     assert _route_set_text(reused) == _route_set_text(translate_route_config(changed))
+    # in the same order too (a few changed virtual hosts patch the previous sorted routes)
+    assert [r["id"] for r in reused.routes] == [r["id"] for r in translate_route_config(changed).routes]
     shared = {id(r) for r in before.routes} & {id(r) for r in reused.routes}
     if edit in ("ports in host matching ignored", "a request header on the route configuration", "renamed"):
         assert not shared  # the context every virtual host reads changed: nothing is reused
@@ -358,6 +360,19 @@ def test_a_new_virtual_host_taking_a_reused_ones_domain_is_refused(new_first):
         translate_route_config(changed, before)
     assert str(reused.value) == str(fresh.value)
     assert "'extra'" in str(reused.value) and repr(rc.virtual_hosts[2].name) in str(reused.value)
+
+
+def test_a_changed_virtual_host_listing_a_domain_twice_is_refused():
+    from sidecar_agent.translate import TranslationError
+
+    rc = istiogen.synthetic_mesh(6).route_configs[0]
+    before = translate_route_config(rc)
+    changed = _edited(rc, lambda out: out.virtual_hosts[3].domains.append(out.virtual_hosts[3].domains[0].upper()))
+    with pytest.raises(TranslationError) as fresh:
+        translate_route_config(changed)
+    with pytest.raises(TranslationError) as reused:
+        translate_route_config(changed, before)
+    assert str(reused.value) == str(fresh.value)
 
 
 def test_reuse_across_bookinfo_variants():
