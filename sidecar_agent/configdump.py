@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from google.protobuf import descriptor_pool, json_format
+from google.protobuf.descriptor import FieldDescriptor as _CPP
 
 from sidecar_agent.xds import types
 
@@ -442,9 +443,6 @@ def _any_class(type_url: str) -> type:
             raise _Fallback  # a well-known type in an Any has a JSON form of its own
         cls = _any_classes[type_url] = message_factory.GetMessageClass(descriptor)
     return cls
-
-
-_CPP = json_format.descriptor.FieldDescriptor
 
 
 def _map_key(key: str) -> str:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -47,6 +46,7 @@ from amesh_common.plugin_model import EMPTY as NO_PLUGINS, PluginSet
 from sidecar_agent.plugins.overlay import Overlay
 from sidecar_agent.sink.pusher import Document, Pusher
 from sidecar_agent.store import EMPTY, Resource, Snapshot
+from sidecar_agent.translate.index import SmallSets, among
 from sidecar_agent.xds import kinds
 from sidecar_agent.xds.protocol import Pending
 
@@ -176,11 +176,11 @@ class Gate:
     at 1,000 services costs its own check, not Python passes over 9,000 objects (benchmarks/agent.py
     "one route change"). What it holds, ~1.5 MB at 1,000 services: a copy of each list (which keeps
     the objects, so their id()s are not reused), the set of their id()s and of their "id" values, and
-    the index (an upstream named by one object maps to that object's id(), a tuple of them for more)."""
+    the index of the objects naming each upstream."""
 
     def __init__(self) -> None:
         self._lists: dict[str, _Held] = {}  # the last accepted document's lists, by type
-        self._users: dict[Any, int | tuple[int, ...]] = {}  # upstream id -> id() of the held objects naming it
+        self._users = SmallSets()  # upstream id -> id()s of the held objects naming it
 
     def __call__(self, document: Mapping[str, Any]) -> list[str]:
         problems: list[str] = []
@@ -194,15 +194,14 @@ class Gate:
         named_gone: set[int] = set()
         for oid in upstreams.removed_ids:
             if not upstreams.holds(oid):
-                users = self._users.get(oid, ())
-                named_gone.update(users if type(users) is tuple else (users,))
+                named_gone.update(self._users.get(oid, ()))
         for key in _REF_KEYS:
             diff = diffs.get(key)
             if diff is None:
                 continue
             check = list(diff.added)
             if named_gone:  # held objects still in the list that name an upstream gone
-                check += itertools.compress(diff.objects, map(named_gone.__contains__, map(id, diff.objects)))
+                check += among(diff.objects, named_gone)
             check.sort(key=_id_text)  # problems in id order, whatever the set order
             for obj in check:
                 problems += [f"{key}/{obj.get('id')}: upstream {ref!r} does not exist"
@@ -226,20 +225,11 @@ class Gate:
             if key not in _REF_KEYS:
                 continue
             for obj in diff.removed:  # read-only: it names what it named when it came
-                ident = id(obj)
-                for upstream_id in set(_upstream_refs(obj)):
-                    named = users.get(upstream_id)
-                    if named == ident:
-                        del users[upstream_id]
-                    elif type(named) is tuple:
-                        rest = tuple(i for i in named if i != ident)
-                        users[upstream_id] = rest if len(rest) > 1 else rest[0]
+                for upstream_id in _upstream_refs(obj):
+                    users.discard(upstream_id, id(obj))
             for obj in diff.added:
-                ident = id(obj)
-                for upstream_id in set(_upstream_refs(obj)):  # a split may name one twice
-                    named = users.get(upstream_id)
-                    users[upstream_id] = ident if named is None else (
-                        (*named, ident) if type(named) is tuple else (named, ident))
+                for upstream_id in _upstream_refs(obj):  # a split may name one twice: kept once
+                    users.add(upstream_id, id(obj))
 
 
 _REF_KEYS = ("routes", "services", "stream_routes")
@@ -263,9 +253,8 @@ class _Diff:
         self.objects = objects
         self.now = set(map(id, objects))
         came, gone = self.now - held.idents, held.idents - self.now
-        self.added = list(itertools.compress(objects, map(came.__contains__, map(id, objects)))) if came else []
-        self.removed = list(itertools.compress(held.objects, map(gone.__contains__, map(id, held.objects)))) \
-            if gone else []
+        self.added = list(among(objects, came)) if came else []
+        self.removed = list(among(held.objects, gone)) if gone else []
         self.removed_ids = {obj.get("id") for obj in self.removed}
         self.added_ids = [obj.get("id") for obj in self.added]
         self._added_set = set(self.added_ids)

@@ -40,7 +40,7 @@ class ApisixSettings:
     worker_processes: int = 2  # Istio's default proxy concurrency
     nofile_limit: int = 1024 * 1024  # RLIMIT_NOFILE of the pod
     # API mode: the shared dict APISIX keeps the whole pushed configuration in (as JSON, one value).
-    # APISIX's 10m holds ~1,400 services; 10,000 need ~70 MB. Shared memory is reserved, not used: pages
+    # APISIX's 10m holds ~1,500 services; 10,000 need ~70 MB. Shared memory is reserved, not used: pages
     # count only once written. A bigger size needs an APISIX restart.
     config_dict_mb: int = 256
 

@@ -27,7 +27,6 @@ from bisect import bisect_left
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import compress
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import ipaddress
@@ -41,7 +40,7 @@ from sidecar_agent.translate.action import PASSTHROUGH_CLUSTERS
 from sidecar_agent.translate.cluster import translate_cluster
 from sidecar_agent.translate.endpoint import NodePool, translate_endpoints
 from sidecar_agent.translate.errors import TranslationError
-from sidecar_agent.translate.index import SmallSets
+from sidecar_agent.translate.index import SmallSets, among
 from sidecar_agent.translate.listener import ListenerPart, translate_listener
 from sidecar_agent.translate.report import Report, Unsupported
 from sidecar_agent.translate.route import (RouteSet, mirror_catch_all, mirror_route, translate_route_config,
@@ -620,8 +619,8 @@ class Translator:
             # by identity, in C (map, set difference, compress): no Python loop over the unchanged parts
             old_ids, new_ids = set(map(id, old_parts)), set(map(id, new_parts))
             gone, came = old_ids - new_ids, new_ids - old_ids
-            old_routes = [r for p in compress(old_parts, map(gone.__contains__, map(id, old_parts))) for r in p.routes]
-            new_routes = [r for p in compress(new_parts, map(came.__contains__, map(id, new_parts))) for r in p.routes]
+            old_routes = [r for p in among(old_parts, gone) for r in p.routes]
+            new_routes = [r for p in among(new_parts, came) for r in p.routes]
             kept = set()
         else:
             kept = {id(r) for r in old_routes if by_id.get(r["id"]) is r} & {id(r) for r in new_routes} \

@@ -1,4 +1,4 @@
-"""`SmallSets`: key -> a handful of items, each group held as a tuple.
+"""`SmallSets`: key -> a handful of items, each group held as a tuple; `among`: objects picked by identity.
 
 The translator indexes every cluster (the clusters reading a ClusterLoadAssignment, the upstream refs
 of a cluster): 30,000 keys at 10,000 services with one to three items each. A `set` of one item costs
@@ -7,6 +7,8 @@ of a cluster): 30,000 keys at 10,000 services with one to three items each. A `s
 
 from __future__ import annotations
 
+from collections.abc import Collection, Container, Iterator
+from itertools import compress
 from typing import Hashable, TypeVar
 
 T = TypeVar("T")
@@ -31,3 +33,9 @@ class SmallSets(dict):
                 self[key] = rest
             else:
                 del self[key]
+
+
+def among(objects: Collection[T], idents: Container[int]) -> Iterator[T]:
+    """The objects whose id() is in `idents`, in order: the pass runs in C (map, compress), so picking the
+    few changed objects out of thousands by identity costs no Python loop over the others."""
+    return compress(objects, map(idents.__contains__, map(id, objects)))

@@ -6,7 +6,9 @@ How Envoy's routing is kept on APISIX, which merges every route into one router 
   the `Host` header itself: `["http_host", "~*", "^(?:reviews|reviews:9080|…)$"]` (escaped, anchored,
   case-insensitive like Envoy, exactly the listed forms; any `:port` is allowed only with
   `ignore_port_in_host_matching`). Port-less `hosts` are added as well when they are valid, as a
-  pre-filter for `radixtree_host_uri`; the `vars` condition is the exact one.
+  pre-filter for `radixtree_host_uri`; the `vars` condition is the exact one. Istio's outbound virtual
+  hosts (each name bare and with the port) share one regex per port instead (`port_host_regex`): with
+  `hosts` it means the same, and APISIX then caches one regex, not one per service.
 - **Virtual host choice.** Envoy picks one virtual host: exact domain, then the longest `*.suffix`, then
   the longest `prefix.*`, then `*`. Each virtual host's domains are grouped by that rank (a *band*);
   each group's routes live in a priority band above every less specific band.
@@ -209,6 +211,7 @@ def _report_per_filter(holder, cov: Coverage, path: str) -> None:
             cov.add(f"{path}.typed_per_filter_config[{key}]" if path else f"typed_per_filter_config[{key}]")
 
 
+@functools.lru_cache(maxsize=1024)  # read for every virtual host made; a mesh has a few route configurations
 def route_config_port(route_config_name: str) -> int | None:
     """The port of Istio's port-named route configurations (`9080`, `host:9080`), else None."""
     parsed = _PORT_NAME.match(route_config_name)

@@ -145,9 +145,9 @@ class Request:
         host = self.host.lower()
         if host.startswith("["):
             host_no_port = host.split("]", 1)[0] + "]"
-        else:
-            host_no_port = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-            if host_no_port.endswith("."):  # nginx drops one trailing dot of the name (ngx_http_validate_host)
+        else:  # nginx (ngx_http_validate_host): the name ends at the first colon; one trailing dot dropped
+            host_no_port = host.split(":", 1)[0]
+            if host_no_port.endswith("."):
                 host_no_port = host_no_port[:-1]
         simple = {
             "uri": _normalise_uri(self.raw_path),

@@ -15,6 +15,7 @@ from sidecar_agent.schema import validate_document
 from sidecar_agent.translate import TranslationError, Translator, translate
 
 from .conftest import fixture
+from .apisix_router import Request, Router
 from .expr import pick
 
 CLUSTER = {"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "outbound|9080||reviews.default.svc.cluster.local",
@@ -260,18 +261,11 @@ def test_cli_bad_input_fails_cleanly_and_writes_nothing(tmp_path):
 
 
 # -- the Host condition: one regex per port for Istio-shaped virtual hosts ----------------------------------
-def _nginx_host(http_host: str) -> str:
-    """nginx's $host for the Host header (ngx_http_validate_host): lower-cased, without the port, one
-    trailing dot of the name dropped (what APISIX's `hosts` compares)."""
-    host = http_host.lower()
-    name = host.split("]", 1)[0] + "]" if host.startswith("[") else host.split(":", 1)[0]
-    return name[:-1] if name.endswith(".") else name
-
-
 def _apisix_admits(hosts, host_vars, http_host: str) -> bool:
-    if hosts is not None and _nginx_host(http_host) not in hosts:
-        return False
-    return all(re.match(pattern, http_host, re.IGNORECASE) for _, _, pattern in host_vars)
+    """Does a route with this condition take a request with this Host (the router model: nginx's `$host`
+    against `hosts`, the `vars` on the raw Host)?"""
+    route = {"id": "r", "uris": ["/*"], "vars": [list(v) for v in host_vars], **({"hosts": hosts} if hosts else {})}
+    return Router([route]).match(Request(host=http_host)) is not None
 
 
 ISTIO_NAMES = ["reviews", "reviews.default", "reviews.default.svc.cluster.local", "10.96.0.7", "[fd00::7]"]
@@ -295,7 +289,7 @@ def test_host_condition_shares_one_regex_per_port_only_where_it_means_the_same(d
     own = host_condition(domains, False)  # no port: always the virtual host's own regex
     assert own[1] != [port_host_regex(9080)]
     wanted = {d.lower() for d in domains}
-    names = {h for d in domains for h in (d.split(":")[0] if not d.startswith("[") else d.split("]")[0] + "]",)}
+    names = {Request(host=d).var("host") for d in domains}  # each domain without its port
     for name in sorted(names | {"other", "reviews.default.svc"}):
         for http_host in (name, f"{name}:9080", name.upper(), f"{name}.", f"{name}.:9080", f"{name}:09080",
                           f"{name}:", f"{name}:9080.", f"{name}:9081", f"{name}:9080:9080"):
