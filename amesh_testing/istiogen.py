@@ -328,7 +328,7 @@ def subset_key(port: int, subset: str, hostname: str, direction: str = "outbound
 
 
 def sni(port: int, subset: str, hostname: str) -> str:
-    return f"outbound_.{port}_.{subset or '_'}_.{hostname}"
+    return f"outbound_.{port}_.{subset}_.{hostname}"
 
 
 def resolve_host(host: str, namespace: str) -> str:

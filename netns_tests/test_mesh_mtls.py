@@ -3,7 +3,8 @@
 are labelled `security.istio.io/tlsMode: istio` as the injection template labels them. PeerAuthentication
 decides what the pods accept: the mesh's own traffic keeps flowing under STRICT — so it is mTLS — while a
 plaintext client outside the mesh is refused; DISABLE and PERMISSIVE let it in. A TCP service under
-auto-mTLS is closed rather than sent in plaintext until its DestinationRule says DISABLE. Each test deletes
+auto-mTLS is dialled with mTLS too (the TLS origin server), which its inbound verifies: STRICT keeps it
+flowing and an AuthorizationPolicy on the caller's identity decides who gets through. Each test deletes
 what it applied."""
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ REVIEWS_DISABLE = HEAD.format(api="security.istio.io", kind="PeerAuthentication"
                               ns="default") + "  selector: {matchLabels: {app: reviews}}\n  mtls: {mode: DISABLE}\n"
 MONGODB_PLAINTEXT = HEAD.format(api="networking.istio.io", kind="DestinationRule", name="mongodb", ns="default") + (
     "  host: mongodb.default.svc.cluster.local\n  trafficPolicy: {tls: {mode: DISABLE}}\n")
+MONGODB_FROM_RATINGS = HEAD.format(api="security.istio.io", kind="AuthorizationPolicy", name="mongodb-from-ratings",
+                                   ns="default") + (
+    "  selector: {matchLabels: {app: mongodb}}\n  action: ALLOW\n"
+    "  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/default/sa/bookinfo-ratings]}\n")
 RATINGS_FROM_REVIEWS = HEAD.format(api="security.istio.io", kind="AuthorizationPolicy", name="ratings-from-reviews",
                                    ns="default") + (
     "  selector: {matchLabels: {app: ratings}}\n  action: ALLOW\n"
@@ -100,13 +105,27 @@ def test_strict_keeps_the_mesh_flowing_and_refuses_plaintext(mesh, tmp_path):
     assert _from_outside(mesh, "reviews-v1") == 200
 
 
-def test_tcp_under_auto_mtls_is_closed_until_its_destination_rule_says_plaintext(mesh, tmp_path):
-    closed = req.send(mesh, "ratings-v1", "tcp://mongodb:27017", data="ping", timeout=5)
-    assert closed.status != 200, closed.as_dict()
+def test_tcp_under_auto_mtls_is_mtls_with_the_callers_identity(mesh, tmp_path):
+    """ratings -> mongodb (TCP): under STRICT the connection still flows, so it is mTLS; an ALLOW policy on
+    the caller's principal lets ratings in and closes productpage's connection, so the inbound saw each
+    caller's own verified certificate; a DestinationRule saying DISABLE makes it plaintext again."""
+    def ping(pod: str, timeout: float = 10):
+        return req.send(mesh, pod, "tcp://mongodb:27017", data="ping", timeout=timeout)
+
+    strict = _file(tmp_path, "strict", MESH_STRICT)
+    allow = _file(tmp_path, "mongodb-allow", MONGODB_FROM_RATINGS)
+    mesh_mod.apply(mesh, [strict, allow])
+    try:
+        served = ping("ratings-v1")
+        assert served.status == 200 and served.as_dict()["body"]["replies"] == ["mongodb-v1 ping"], served.as_dict()
+        refused = ping("productpage-v1", timeout=5)
+        assert refused.status != 200, refused.as_dict()
+    finally:
+        mesh_mod.delete(mesh, [strict, allow])
     plaintext = _file(tmp_path, "mongodb-plaintext", MONGODB_PLAINTEXT)
     mesh_mod.apply(mesh, [plaintext])
     try:
-        served = req.send(mesh, "ratings-v1", "tcp://mongodb:27017", data="ping")
+        served = ping("productpage-v1")
         assert served.status == 200 and served.as_dict()["body"]["replies"] == ["mongodb-v1 ping"], served.as_dict()
     finally:
         mesh_mod.delete(mesh, [plaintext])

@@ -127,6 +127,25 @@ def http_from(ns: str, host: str, port: int, *, host_header: str, method: str = 
     return int(status), body
 
 
+def tcp_from(ns: str, port: int, payload: bytes, *, source: str = "127.0.0.1", host: str = "127.0.0.1") -> bytes:
+    """One TCP exchange from a process in namespace `ns`, from address `source`: send `payload`, read until
+    the server closes (no half-close: nginx's stream proxy would end both directions). b"" when the
+    connection was closed or reset without an answer."""
+    script = ("import socket, sys\n"
+              "data = b''\n"
+              "try:\n"
+              f"    c = socket.create_connection(({host!r}, {port}), timeout=5, source_address=({source!r}, 0))\n"
+              f"    c.sendall({payload!r})\n"
+              "    while chunk := c.recv(65536):\n"
+              "        data += chunk\n"
+              "except OSError:\n"
+              "    pass\n"
+              "sys.stdout.buffer.write(data)\n")
+    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", script], capture_output=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def serve_in_namespace(ns: str, port: int, handle, host: str = "127.0.0.1") -> socket.socket:
     """A TCP listener on host:port inside namespace `ns` (from a thread that entered it), each accepted connection
     given to `handle(conn)` in a thread of its own; close the returned socket to stop."""

@@ -48,6 +48,8 @@ class Direction(enum.Enum):
 
 MIRROR_DIRECTION = "mirror"  # amesh_direction on the mirror listener (plugin_attr.amesh.http_ports)
 DEFAULT_MIRROR_PORT = 15099  # internal_base - 1 with the default internal_base
+DEFAULT_TCP_MTLS_PORT = 15098  # internal_base - 2: the TLS origin server of Istio mTLS TCP upstreams
+HOP_DICT = "amesh-hop-stream"  # lua/amesh/mtls_origin.lua: diverted connections by loopback source address
 INTERNAL_SPAN = 1500  # internal listener ports from internal_base: 500 outbound, 500 inbound, 500 inbound TLS
 TLS_PLUGIN = "amesh-mtls"  # lua/apisix/plugins/amesh-mtls.lua: TLS or plaintext on an inbound port
 
@@ -68,6 +70,9 @@ class DataPathSettings:
     # loopback listener receiving proxy-mirror's copies (translated mirrors point there: the
     # Translator takes it from the settings it is given)
     mirror_port: int = DEFAULT_MIRROR_PORT
+    # with a workload certificate: our own stream server on 127.0.0.1 that dials Istio mTLS TCP upstreams
+    # and verifies them (lua/amesh/mtls_origin.lua), which APISIX's stream servers cannot
+    tcp_mtls_port: int = DEFAULT_TCP_MTLS_PORT
     lua_dir: str = field(default=str(LUA_DIR))
     # the workload certificate's directory (cert-chain.pem, key.pem, root-cert.pem; the agent keeps it
     # current): upstreams labelled `amesh.tls: istio-mutual` present it and verify the server's
@@ -80,7 +85,7 @@ class DataPathSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("outbound_port", "inbound_port", "internal_base", "mirror_port"):
+        for name in ("outbound_port", "inbound_port", "internal_base", "mirror_port", "tcp_mtls_port"):
             if not 1 <= getattr(self, name) <= 65535:
                 problems.append(f"{name} {getattr(self, name)} is not a port number (1-65535)")
         if self.outbound_port == self.inbound_port:
@@ -107,11 +112,16 @@ class DataPathSettings:
         clash = sorted(taken & set(range(self.internal_base, self.internal_base + INTERNAL_SPAN)))
         if clash:
             raise ValueError(f"invalid data-path settings: capture ports {clash} inside the internal range")
-        if self.mirror_port in taken:
-            raise ValueError(f"invalid data-path settings: mirror_port {self.mirror_port} is a capture port")
-        if self.internal_base <= self.mirror_port < self.internal_base + INTERNAL_SPAN:
-            raise ValueError(f"invalid data-path settings: mirror_port {self.mirror_port} inside the internal range "
-                             f"{self.internal_base}-{self.internal_base + INTERNAL_SPAN - 1}")
+        # the TLS origin server exists only with a workload certificate
+        for name in ("mirror_port", "tcp_mtls_port") if self.mtls_dir else ("mirror_port",):
+            port = getattr(self, name)
+            if port in taken:
+                raise ValueError(f"invalid data-path settings: {name} {port} is a capture port")
+            if self.internal_base <= port < self.internal_base + INTERNAL_SPAN:
+                raise ValueError(f"invalid data-path settings: {name} {port} inside the internal range "
+                                 f"{self.internal_base}-{self.internal_base + INTERNAL_SPAN - 1}")
+        if self.mtls_dir and self.tcp_mtls_port == self.mirror_port:
+            raise ValueError("invalid data-path settings: tcp_mtls_port and mirror_port must differ")
 
 
 def internal_ports(settings: DataPathSettings) -> dict[tuple[Direction, int], int]:
@@ -264,7 +274,7 @@ def fragment(settings: DataPathSettings) -> dict[str, Any]:
                 f"        {s.inbound_port} {INBOUND_SOURCE_V4};\n"
                 + "".join(f"        {p} {INBOUND_SOURCE_V4};\n" for p, _ in stream_tls) +
                 "    }\n"
-                "    proxy_bind $amesh_stream_bind;"),
+                "    proxy_bind $amesh_stream_bind;" + _tcp_mtls_server(s)),
         },
         "plugin_attr": {
             "amesh": {
@@ -276,7 +286,7 @@ def fragment(settings: DataPathSettings) -> dict[str, Any]:
                                                           key=lambda kv: kv[1])},
                 "inbound_port": s.inbound_port,
                 "outbound_port": s.outbound_port,
-                **({"mtls_dir": s.mtls_dir} if s.mtls_dir else {}),
+                **({"mtls_dir": s.mtls_dir, "tcp_mtls_port": s.tcp_mtls_port} if s.mtls_dir else {}),
                 # TLS listener -> the pod port it terminates mTLS for (the hook: its ssl phase, its routes)
                 **({"tls_ports": {str(p): port for p, port in tls}} if tls else {}),
             }
@@ -304,7 +314,36 @@ def _mtls_location(s: DataPathSettings) -> str:
     return ("\n            set $amesh_sni \"\";"
             "\n            proxy_ssl_name $amesh_ssl_name;"
             "\n            proxy_ssl_verify on;"
+            # lua/amesh/alpn.lua finds this location's TLS context by these (server-only) options
+            "\n            proxy_ssl_conf_command Options PrioritizeChaCha,ServerPreference;"
             "\n            proxy_ssl_verify_by_lua_block { require(\"amesh.mtls\").verify() }")
+
+
+def _tcp_mtls_server(s: DataPathSettings) -> str:
+    """Our stream server dialling Istio mTLS TCP upstreams (lua/amesh/mtls_origin.lua): the stream front
+    diverts such connections here from a loopback source that keys the endpoint it picked. nginx's own
+    verification stays off (it checks host names, Istio certificates carry none) and so does OpenSSL's
+    default check (the trusted store is the rotating mesh root in Lua): verify() decides."""
+    if not s.mtls_dir:
+        return ""
+    module = 'require("amesh.mtls_origin")'
+    return (f"\n    lua_shared_dict {HOP_DICT} 4m;\n"
+            "    upstream amesh_tcp_mtls {\n"
+            "        server 127.0.0.1:1;  # every connection's endpoint is set by the balancer\n"
+            f"        balancer_by_lua_block {{ {module}.balancer() }}\n"
+            "    }\n"
+            "    server {\n"
+            f"        listen 127.0.0.1:{s.tcp_mtls_port};\n"
+            "        set $amesh_origin_sni \"\";\n"
+            f"        preread_by_lua_block {{ {module}.preread() }}\n"
+            "        proxy_pass amesh_tcp_mtls;\n"
+            "        proxy_ssl on;\n"
+            "        proxy_ssl_server_name on;\n"
+            "        proxy_ssl_name $amesh_origin_sni;\n"
+            "        lua_upstream_skip_openssl_default_verify on;\n"
+            "        proxy_ssl_conf_command Options PrioritizeChaCha;  # lua/amesh/alpn.lua: Istio's TCP ALPN\n"
+            f"        proxy_ssl_verify_by_lua_block {{ {module}.verify() }}\n"
+            "    }")
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -585,8 +585,11 @@ class Translator:
         return Report.of(groups)
 
     def _tcp_mutual_report(self) -> list[Unsupported]:
-        """TCP services whose cluster asks for Istio mTLS: the stream proxy cannot verify the server, so the
-        hook closes those connections (lua/amesh/hook.lua) — reported as denied, here where both are known."""
+        """TCP services whose cluster asks for Istio mTLS, without a workload certificate (no CA configured):
+        the hook closes those connections (lua/amesh/hook.lua) — reported as denied, here where both are
+        known. With one they are dialled through the TLS origin server (lua/amesh/mtls_origin.lua)."""
+        if self._dp_base.mtls_dir:
+            return []
         served = {ref.cluster for key, rs in self._route_sets.items() if key.startswith("datapath:") for ref in rs.refs}
         out = []
         for name in sorted(served):
@@ -595,8 +598,8 @@ class Translator:
                 continue
             endpoints = self._endpoints.get(part.eds_name, (None,))[0] if part.eds_name else None
             if upstream_mod.istio_mutual(part, endpoints):
-                out.append(Unsupported("cluster", name, "transport_socket[Istio mTLS to a TCP service: the stream "
-                                       "proxy cannot verify the server's identity: connections closed]", 1, "denied"))
+                out.append(Unsupported("cluster", name, "transport_socket[Istio mTLS to a TCP service without a "
+                                       "workload certificate (no CA configured): connections closed]", 1, "denied"))
         return out
 
     def translation(self) -> Translation:

@@ -43,3 +43,34 @@ class Pki:
         now = time.time()
         return certs.Issued((leaf + "-----END CERTIFICATE-----\n", rest), ((self.dir / "root-cert.pem").read_text(),),
                             key, 1, (spiffe,), now - 60, now + 86400, now)
+
+
+def offered_alpn(conn) -> list[str]:
+    """The ALPN protocols a TLS client offers in its ClientHello, read from `conn` without consuming it
+    (MSG_PEEK, before the TLS handshake). [] when it offers none."""
+    import socket
+    import struct
+
+    data = b""
+    for _ in range(50):  # until the whole first record is there
+        data = conn.recv(16384, socket.MSG_PEEK)
+        if len(data) >= 5 and len(data) >= 5 + struct.unpack("!H", data[3:5])[0]:
+            break
+        time.sleep(0.02)
+    body = data[5 + 4:]  # record header, handshake header
+    at = 2 + 32  # client_version, random
+    at += 1 + body[at]  # session id
+    at += 2 + struct.unpack("!H", body[at:at + 2])[0]  # cipher suites
+    at += 1 + body[at]  # compression methods
+    end = at + 2 + struct.unpack("!H", body[at:at + 2])[0]
+    at += 2
+    while at + 4 <= end:
+        kind, size = struct.unpack("!HH", body[at:at + 4])
+        if kind == 16:  # application_layer_protocol_negotiation
+            names, pos, stop = [], at + 6, at + 4 + size
+            while pos < stop:
+                names.append(body[pos + 1:pos + 1 + body[pos]].decode())
+                pos += 1 + body[pos]
+            return names
+        at += 4 + size
+    return []

@@ -173,10 +173,26 @@ def test_config_fragment_merges_into_the_generated_config():
     ({"inbound_tls_ports": (8080,)}, "inbound_tls_ports need a workload certificate"),
     ({"inbound_tls_ports": (8080, 8080), "mtls_dir": "/d"}, "inbound_tls_ports: duplicate ports"),
     ({"internal_base": 15050}, "mirror_port 15099 inside the internal range"),
+    ({"tcp_mtls_port": 15001, "mtls_dir": "/d"}, "tcp_mtls_port 15001 is a capture port"),
+    ({"tcp_mtls_port": 15200, "mtls_dir": "/d"}, "tcp_mtls_port 15200 inside the internal range"),
+    ({"tcp_mtls_port": 15099, "mtls_dir": "/d"}, "tcp_mtls_port and mirror_port must differ"),
+    ({"tcp_mtls_port": 70000, "mtls_dir": "/d"}, "tcp_mtls_port 70000 is not a port number"),
 ])
 def test_bad_settings_are_refused_naming_the_problem(kwargs, message):
     with pytest.raises(ValueError, match=message):
         datapath.DataPathSettings(**kwargs)
+
+
+def test_tcp_mtls_origin_server_only_with_a_workload_certificate():
+    """The stream server dialling Istio mTLS TCP upstreams (lua/amesh/mtls_origin.lua) exists only with a
+    workload certificate; its port is free for other uses without one."""
+    assert "amesh_tcp_mtls" not in datapath.fragment(datapath.DataPathSettings())["nginx_config"][
+        "stream_configuration_snippet"]
+    datapath.DataPathSettings(mirror_port=15098)  # no workload certificate: 15098 is not taken
+    with_cert = datapath.fragment(datapath.DataPathSettings(mtls_dir="/d", tcp_mtls_port=15097))
+    snippet = with_cert["nginx_config"]["stream_configuration_snippet"]
+    assert "listen 127.0.0.1:15097;" in snippet and "proxy_ssl_verify_by_lua_block" in snippet
+    assert with_cert["plugin_attr"]["amesh"]["tcp_mtls_port"] == 15097  # where the hook diverts to
 
 
 def test_mirror_listener_is_always_there_and_says_mirror():

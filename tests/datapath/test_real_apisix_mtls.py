@@ -20,12 +20,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from sidecar_agent.apisix import config as apisix_config
 from sidecar_agent.schema import Schemas
 from sidecar_agent.schemas import APISIX_SCHEMA_DIR
 from sidecar_agent.security import workload
 from tests import realapisix
-from tests.datapath.meshpki import Pki, install
+from tests.datapath.meshpki import Pki, install, offered_alpn
 
 TRUST = "spiffe://cluster.local/ns/default/sa/"
 SERVER_ID, CLIENT_ID = TRUST + "reviews", TRUST + "productpage"
@@ -39,6 +40,9 @@ CASES = {
     "any-identity": (19445, {"amesh.tls": "istio-mutual"}),  # no SAN list: any workload of the mesh
     "plain-tls": (19446, {"amesh.tls": "simple"}),  # not Istio mTLS: unverified, as before
 }
+# TCP services (lua/amesh/mtls_origin.lua): a stream route each, told apart by the client's source address
+TCP_PORT = 19560
+TCP_CASES = {"mesh": "127.0.0.11", "forged": "127.0.0.12", "impostor": "127.0.0.13", "any-identity": "127.0.0.14"}
 
 
 class MtlsServer:
@@ -61,6 +65,7 @@ class MtlsServer:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
+            alpn = offered_alpn(conn)
             tls = self.ctx.wrap_socket(conn, server_side=True)
         except (ssl.SSLError, OSError) as exc:
             self.seen.append({"handshake": repr(exc)})
@@ -68,7 +73,8 @@ class MtlsServer:
             return
         with tls:
             peer = tls.getpeercert() or {}
-            seen = {"client": [v for k, v in peer.get("subjectAltName", ()) if k == "URI"], "sni": self.sni[-1:]}
+            seen = {"client": [v for k, v in peer.get("subjectAltName", ()) if k == "URI"], "sni": self.sni[-1:],
+                    "alpn": alpn}
             self.seen.append(seen)
             tls.recv(65536)
             body = json.dumps(seen).encode()
@@ -92,19 +98,27 @@ def world():
         upstreams.append({"id": f"u-{host}", "type": "roundrobin", "scheme": "https", "labels": labels,
                           "nodes": [{"host": "127.0.0.1", "port": port, "weight": 1}]})
         routes.append({"id": f"r-{host}", "uri": "/*", "hosts": [host], "upstream_id": f"u-{host}"})
-    document = {"routes": routes, "upstreams": upstreams}
+    stream_routes = []
+    for host, source in TCP_CASES.items():
+        port, labels = CASES[host]
+        upstreams.append({"id": f"us-{host}", "type": "roundrobin", "scheme": "tcp", "labels": labels,
+                          "nodes": [{"host": "127.0.0.1", "port": port, "weight": 1}]})
+        stream_routes.append({"id": f"s-{host}", "remote_addr": source, "upstream_id": f"us-{host}"})
+    document = {"routes": routes, "upstreams": upstreams, "stream_routes": stream_routes}
     schemas = Schemas(APISIX_SCHEMA_DIR)
-    assert [e for kind, key in (("route", "routes"), ("upstream", "upstreams"))
+    assert [e for kind, key in (("route", "routes"), ("upstream", "upstreams"), ("stream_route", "stream_routes"))
             for obj in document[key] for e in schemas.check(kind, obj)] == []
     servers = []
-    with realapisix.running(apisix_config.render_yaml(settings, dp), document=document) as apisix:
+    conf = apisix_config.render(settings, dp)
+    conf["apisix"]["stream_proxy"]["tcp"].append({"addr": f"127.0.0.1:{TCP_PORT}"})
+    with realapisix.running(yaml.safe_dump(conf), document=document) as apisix:
         try:
             root = mesh.dir / "root-cert.pem"
             servers = [MtlsServer(apisix.ns, 19443, *mesh.leaf(SERVER_ID), root),
                        MtlsServer(apisix.ns, 19444, *forger.leaf(SERVER_ID), root),
                        MtlsServer(apisix.ns, 19445, *mesh.leaf(TRUST + "ratings"), root),
                        MtlsServer(apisix.ns, 19446, *forger.leaf("spiffe://elsewhere/x"), None)]
-            yield {"apisix": apisix, "port": apisix.forward(dp.mirror_port), "servers": servers,
+            yield {"apisix": apisix, "port": apisix.forward(dp.mirror_port), "servers": servers, "dp": dp,
                    "mesh": mesh, "cert_dir": cert_dir}
         finally:
             for server in servers:
@@ -123,7 +137,9 @@ def get(world, host: str) -> tuple[int, dict | str]:
 def test_istio_mutual_upstream_presents_the_workload_certificate_and_istio_sni(world):
     status, seen = get(world, "mesh")
     assert status == 200, seen
-    assert seen == {"client": [CLIENT_ID], "sni": [SNI]}
+    # Istio's ALPN from the very first request (amesh.alpn sets it in every worker's init)
+    assert seen == {"client": [CLIENT_ID], "sni": [SNI], "alpn": ["istio-http/1.1", "istio", "http/1.1"]}
+    assert not any("Istio ALPN not set" in line for line in world["apisix"].errors())
 
 
 def test_server_certificate_from_another_ca_is_refused(world):
@@ -180,4 +196,48 @@ def test_a_rotation_caught_halfway_keeps_the_certificate_in_force(world):
     status, seen = get(world, "mesh")
     assert (status, seen["client"]) == (200, before)
     assert "key.pem does not belong to cert-chain.pem" in world["apisix"].log()
+    install(world["cert_dir"], world["mesh"].issued(CLIENT_ID))  # whole again, for the tests after this one
+    time.sleep(1.2)
 
+
+
+def tcp(world, host: str) -> dict | None:
+    """One TCP exchange through the stream front to case `host`'s server: what the server saw, or None
+    when the connection was closed without an answer."""
+    answer = realapisix.tcp_from(world["apisix"].ns, TCP_PORT, b"hello\n", source=TCP_CASES[host])
+    if not answer:
+        return None
+    return json.loads(answer.partition(b"\r\n\r\n")[2])
+
+
+def in_force(world) -> list[str]:
+    """The identity the sidecar presents now (the rotation tests change it), as the HTTP side shows it."""
+    return get(world, "mesh")[1]["client"]
+
+
+def test_tcp_istio_mutual_upstream_presents_the_workload_certificate_and_istio_sni(world):
+    assert tcp(world, "mesh") == {"client": in_force(world), "sni": [SNI], "alpn": ["istio-peer-exchange", "istio"]}
+
+
+def test_tcp_server_certificate_from_another_ca_is_refused(world):
+    server = world["servers"][1]
+    before = len(server.seen)
+    assert tcp(world, "forged") is None
+    assert all("client" not in seen for seen in server.seen[before:])  # no request reached it
+    assert any("not issued by the mesh root" in line for line in world["apisix"].errors())
+
+
+def test_tcp_server_with_another_identity_is_refused(world):
+    assert tcp(world, "impostor") is None
+    assert any(f"upstream identity {TRUST}ratings is not one of" in line for line in world["apisix"].errors())
+
+
+def test_tcp_without_subject_alt_names_any_mesh_workload_is_accepted(world):
+    assert tcp(world, "any-identity")["client"] == in_force(world)
+
+
+def test_tcp_mtls_origin_refuses_a_connection_the_front_did_not_divert(world):
+    """Our origin server listens on loopback, where the app could reach it: without a record of the front
+    for its source address a connection is closed, whatever it sends."""
+    assert realapisix.tcp_from(world["apisix"].ns, world["dp"].tcp_mtls_port, b"hello\n", source="127.0.0.21") == b""
+    assert any("no diverted connection from 127.0.0.21" in line for line in world["apisix"].errors())

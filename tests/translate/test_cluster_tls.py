@@ -63,7 +63,8 @@ def _tcp_mesh(tls_mode: str):
         istiogen.Workload("mongodb", "v1", ("10.244.0.50",), tls_mode=tls_mode),)))
 
 
-def _report_of(xds):
+def _report_of(xds, **data_path):
+    from sidecar_agent.apisix.datapath import DataPathSettings
     from sidecar_agent.configdump import XdsResources
     from sidecar_agent.translate import Translator
 
@@ -71,14 +72,37 @@ def _report_of(xds):
                              route_configs={m.name: m for m in xds.route_configs},
                              clusters={m.name: m for m in xds.clusters},
                              endpoints={m.cluster_name: m for m in xds.endpoints})
-    return Translator(pod_ips=("10.244.0.10",)).load(resources).report()
+    return Translator(pod_ips=("10.244.0.10",), data_path=DataPathSettings(**data_path)).load(resources).report()
 
 
-def test_tcp_service_with_istio_mtls_is_reported_denied():
-    """Auto-mTLS to sidecar endpoints on a TCP service: the hook closes those connections (never plaintext)."""
+def test_tcp_service_with_istio_mtls_and_no_workload_certificate_is_reported_denied():
+    """Auto-mTLS to sidecar endpoints on a TCP service, no CA configured: the hook closes those connections
+    (never plaintext)."""
     denied = [e for e in _report_of(_tcp_mesh("istio")).entries if e.effect == "denied"]
-    assert [(e.resource, "Istio mTLS to a TCP service" in e.field) for e in denied] == [
-        ("outbound|27017||mongodb.default.svc.cluster.local", True)]
+    assert [(e.resource, "Istio mTLS to a TCP service without a workload certificate" in e.field)
+            for e in denied] == [("outbound|27017||mongodb.default.svc.cluster.local", True)]
+
+
+def test_tcp_service_with_istio_mtls_and_a_workload_certificate_is_served():
+    """With a workload certificate the TLS origin server dials it (lua/amesh/mtls_origin.lua): nothing denied,
+    and the upstream carries what that server needs (SNI, accepted identities)."""
+    from sidecar_agent.apisix.datapath import DataPathSettings
+    from sidecar_agent.configdump import XdsResources
+    from sidecar_agent.translate import Translator
+
+    xds = _tcp_mesh("istio")
+    assert not [e for e in _report_of(xds, mtls_dir="/etc/istio/proxy").entries if e.effect == "denied"]
+    resources = XdsResources(listeners={m.name: m for m in xds.listeners},
+                             route_configs={m.name: m for m in xds.route_configs},
+                             clusters={m.name: m for m in xds.clusters},
+                             endpoints={m.cluster_name: m for m in xds.endpoints})
+    document = Translator(pod_ips=("10.244.0.10",), data_path=DataPathSettings(mtls_dir="/etc/istio/proxy")) \
+        .load(resources).document()
+    mongo_route = next(r for r in document["stream_routes"] if r.get("server_port") == 27017)
+    upstream = next(u for u in document["upstreams"] if u["id"] == mongo_route["upstream_id"])
+    assert upstream["labels"]["amesh.tls"] == "istio-mutual"
+    assert upstream["labels"]["amesh.sni"] == "outbound_.27017_._.mongodb.default.svc.cluster.local"
+    assert upstream["labels"]["amesh.san"] == "spiffe://cluster.local/ns/default/sa/mongodb"
 
 
 def test_tcp_service_without_sidecars_is_plaintext_and_not_reported():

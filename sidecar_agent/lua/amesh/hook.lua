@@ -93,9 +93,9 @@ if attr.mtls_dir then
 end
 
 -- Never plaintext (or unverified TLS) where istiod asks for Istio mTLS: without a workload certificate
--- (no CA configured) an HTTP request to such an upstream gets 502; a TCP connection to one is closed in
--- any case, as the stream proxy can present a certificate but cannot verify the server's identity
--- (no proxy_ssl_verify_by_lua in APISIX's stream server blocks): docs/data-path.md.
+-- (no CA configured) an HTTP request to such an upstream gets 502 and a TCP connection to one is closed;
+-- with one, a TCP connection goes through our TLS origin server (amesh.mtls_origin), as APISIX's own
+-- stream servers cannot verify a server's identity: docs/data-path.md.
 -- The labels of the upstream APISIX picked, when it is Istio mTLS (`amesh.tls: istio-mutual`); else nil.
 local function istio_mutual_labels()
     local api_ctx = ngx.ctx.api_ctx
@@ -111,6 +111,16 @@ if subsystem == "http" then
     local apisix = require("apisix")
     local access_phase = apisix.http_access_phase
     if attr.mtls_dir then
+        -- Istio's ALPN on the TLS contexts that dial Istio mTLS (HTTP and TCP), once per worker (amesh.alpn)
+        local init_worker = apisix.http_init_worker
+        apisix.http_init_worker = function(...)
+            local counts = require("amesh.alpn").install()
+            if counts.http == 0 or counts.tcp == 0 then
+                ngx.log(ngx.ERR, "amesh: Istio ALPN not set on every upstream TLS context (http: ", counts.http,
+                        ", tcp: ", counts.tcp, "): PERMISSIVE Envoy servers will not see Istio mTLS")
+            end
+            return init_worker(...)
+        end
         local mtls = require("amesh.mtls")
         apisix.http_access_phase = function(...)
             access_phase(...)
@@ -128,13 +138,30 @@ if subsystem == "http" then
     end
 else
     local apisix = require("apisix")
-    local preread_phase = apisix.stream_preread_phase
-    apisix.stream_preread_phase = function(...)
-        preread_phase(...)
-        if istio_mutual_labels() then
-            ngx.log(ngx.ERR, "amesh: TCP upstream requires Istio mTLS, which the stream proxy cannot verify: ",
-                    "connection closed (never sent in plaintext)")
-            return ngx.exit(ngx.ERROR)
+    if attr.mtls_dir and attr.tcp_mtls_port then
+        local mtls_origin = require("amesh.mtls_origin")
+        local origin_port = tonumber(attr.tcp_mtls_port)
+        local balancer_phase = apisix.stream_balancer_phase
+        apisix.stream_balancer_phase = function(...)
+            balancer_phase(...)
+            local labels = istio_mutual_labels()
+            if labels then
+                local ok, err = mtls_origin.divert(labels, origin_port)
+                if not ok then
+                    ngx.log(ngx.ERR, "amesh: TCP upstream requires Istio mTLS: ", err, ": connection closed")
+                    return ngx.exit(ngx.ERROR)
+                end
+            end
+        end
+    else
+        local preread_phase = apisix.stream_preread_phase
+        apisix.stream_preread_phase = function(...)
+            preread_phase(...)
+            if istio_mutual_labels() then
+                ngx.log(ngx.ERR, "amesh: TCP upstream requires Istio mTLS and this sidecar has no workload ",
+                        "certificate (no CA configured): connection closed (never sent in plaintext)")
+                return ngx.exit(ngx.ERROR)
+            end
         end
     end
 end

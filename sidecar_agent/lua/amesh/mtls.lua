@@ -11,18 +11,10 @@
 --     them. Anything else fails the handshake (502), never a plaintext or unverified fallback.
 -- Upstreams without the label keep APISIX's behaviour (no verification), as before.
 
-local ffi = require("ffi")
-local ngx_ssl = require("ngx.ssl")
 local proxy_verify = require("ngx.ssl.proxysslverify")
 local apisix_upstream = require("resty.apisix.upstream")
-local openssl_x509 = require("resty.openssl.x509")
 local workload_cert = require("amesh.workload_cert")
-local uri_sans = require("amesh.uri_sans")
-require("resty.openssl.include.ssl") -- the SSL_set_verify declaration
-
-local X509_V_OK = 0
-local X509_V_ERR_APPLICATION_VERIFICATION = 50
-local SSL_VERIFY_PEER = 1
+local peer_check = require("amesh.peer_check")
 
 local _M = {}
 
@@ -56,63 +48,20 @@ function _M.after_access(labels)
     end
 end
 
-local function allowed(sans, uri)
-    for want in sans:gmatch("[^,]+") do
-        if want == uri then
-            return true
-        end
-    end
-    return false
-end
-
-local function peer_uris()
-    local cert = proxy_verify.get_verify_cert()
-    if not cert then
-        return {}
-    end
-    return uri_sans(openssl_x509.dup(ffi.cast("X509*", cert)))
-end
-
--- With nginx's check off for the request (after_access) the connection verifies nothing (SSL_VERIFY_NONE),
--- so OpenSSL would ignore a failed verdict: switching this connection to SSL_VERIFY_PEER before failing
--- makes OpenSSL end the handshake, and nginx answers 502.
-local function refuse(code)
-    local conn, err = ngx_ssl.get_upstream_ssl_pointer()
-    if conn then
-        ffi.C.SSL_set_verify(ffi.cast("SSL*", conn), SSL_VERIFY_PEER, nil)
-    else
-        ngx.log(ngx.ERR, "amesh mtls: cannot reach the upstream TLS connection: ", err)
-    end
-    proxy_verify.set_verify_result(code)
-    return ngx.exit(ngx.ERROR)
-end
-
 -- proxy_ssl_verify_by_lua: the verdict on the upstream's certificate.
 function _M.verify()
     local state = ngx.ctx.amesh_mtls
     if not state then
-        return proxy_verify.set_verify_result(X509_V_OK) -- not Istio mTLS: unverified, as before
+        return proxy_verify.set_verify_result(peer_check.OK) -- not Istio mTLS: unverified, as before
     end
     if state.refuse then
-        ngx.log(ngx.ERR, "amesh mtls: no client certificate to present: ", state.refuse)
-        return refuse(X509_V_ERR_APPLICATION_VERIFICATION)
+        return peer_check.refuse(peer_check.APPLICATION_VERIFICATION, "no client certificate to present: " .. state.refuse)
     end
     local result = proxy_verify.get_verify_result()
-    if result ~= X509_V_OK then
-        ngx.log(ngx.ERR, "amesh mtls: upstream certificate not issued by the mesh root (X509 error ", result, ")")
-        return refuse(result)
+    if result ~= peer_check.OK then
+        return peer_check.refuse(result, "upstream certificate not issued by the mesh root (X509 error " .. result .. ")")
     end
-    if state.sans then
-        local uris = peer_uris()
-        for _, uri in ipairs(uris) do
-            if allowed(state.sans, uri) then
-                return proxy_verify.set_verify_result(X509_V_OK)
-            end
-        end
-        ngx.log(ngx.ERR, "amesh mtls: upstream identity ", table.concat(uris, " "), " is not one of ", state.sans)
-        return refuse(X509_V_ERR_APPLICATION_VERIFICATION)
-    end
-    return proxy_verify.set_verify_result(X509_V_OK)
+    return peer_check.identity(state.sans, peer_check.peer_chain())
 end
 
 return _M
