@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from localmesh import client, mesh as mesh_mod, requests as req, tasks
+from localmesh import client, mesh as mesh_mod, requests as req, tasks, topology
 from netns_tests.meshfixture import clean, mesh  # noqa: F401 (fixtures)
 
 HEAD = "apiVersion: security.istio.io/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: default}}\nspec:\n"
@@ -27,6 +27,10 @@ DENY_MONGODB = HEAD.format(kind="AuthorizationPolicy", name="mongodb-deny") + (
 STRICT = HEAD.format(kind="PeerAuthentication", name="reviews-strict") + (
     "  selector: {matchLabels: {app: reviews}}\n  mtls: {mode: STRICT}\n")
 REVIEWS = "http://reviews:9080"
+PRODUCTPAGE_IP = topology.bookinfo().workload("productpage-v1").ip
+DENY_PRODUCTPAGE_IP = HEAD.format(kind="AuthorizationPolicy", name="details-deny-ip") + (
+    "  selector: {matchLabels: {app: details}}\n  action: DENY\n"
+    f"  rules:\n  - from:\n    - source: {{ipBlocks: [\"{PRODUCTPAGE_IP}/32\"]}}\n")
 
 
 
@@ -80,6 +84,21 @@ def test_allow_get_only(clean, tmp_path):
     finally:
         mesh_mod.delete(clean, [policy])
     assert req.send(clean, "productpage-v1", f"{REVIEWS}/x", method="POST").status == 200
+
+
+def test_ip_blocks_on_http_see_the_client_address(clean, tmp_path):
+    """ipBlocks on an HTTP port: the client's own address decides (the inbound front hands it over the hop to
+    the HTTP listener), so productpage is refused and reviews is not; nothing is reported denied."""
+    policy = _file(tmp_path, "details-deny-ip", DENY_PRODUCTPAGE_IP)
+    mesh_mod.apply(clean, [policy])
+    try:
+        denied = req.send(clean, "productpage-v1", "http://details:9080/details/0")
+        assert (denied.status, denied.body.decode()) == (403, "RBAC: access denied"), denied.as_dict()
+        assert req.send(clean, "reviews-v1", "http://details:9080/details/0").status == 200
+        assert _status(clean, "details-v1").get("denied") == [], "ipBlocks are enforced, not refused"
+    finally:
+        mesh_mod.delete(clean, [policy])
+    assert req.send(clean, "productpage-v1", "http://details:9080/details/0").status == 200
 
 
 def test_tcp_deny_closes_the_connection(clean, tmp_path):

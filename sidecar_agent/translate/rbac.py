@@ -15,16 +15,17 @@ filter, then DENY, ALLOW, AUDIT=LOG). Envoy runs them in order; so does the plug
 
 A match tree node is one of `{"any": true}`, `{"and": [..]}`, `{"or": [..]}`, `{"not": node}`,
 `{"header": name, "string": SM | "present": bool, "invert": bool, "missing_empty": bool}`,
-`{"path": SM}`, `{"port": n}`, `{"port_range": [start, end)}`, `{"source_ip": cidr}`,
-`{"destination_ip": cidr}`, `{"authenticated": SM | {}}` (the mTLS peer's SPIFFE id: its verified client
+`{"path": SM}`, `{"port": n}`, `{"port_range": [start, end)}`, `{"source_ip": cidr}` (the client's
+connection; behind the inbound front the address it handed over, lua/amesh/inbound_client.lua),
+`{"remote_ip": cidr}` (HTTP: the last X-Forwarded-For address, else the client's), `{"destination_ip": cidr}`, `{"authenticated": SM | {}}` (the mTLS peer's SPIFFE id: its verified client
 certificate's URI SAN; `{}` any authenticated peer; a plaintext connection has none), or
 `{"unknown": why}`; SM is `{"exact"|"prefix"|"suffix"|"contains"|
 "regex": s, "ignore_case": bool}`. The plugin evaluates in three-valued logic: an `unknown` node (a
 matcher it cannot evaluate) is neither true nor false, and a policy whose result is unknown counts as
 matching in DENY (it might match: denied) and as not matching in ALLOW (it cannot allow). So the sidecar
 never allows what Envoy would deny. Unknown today: request principals / JWT
-claims (`metadata istio_authn`), the client address on HTTP chains (the internal HTTP listener sees the
-stream front's 127.0.0.1), the destination address on HTTP chains, SNI, and every other matcher.
+claims (`metadata istio_authn`), the destination address on HTTP chains, SNI, and every other matcher; at
+run time, a client address the front could not hand over.
 Every unknown node in an enforcing filter is reported with effect "denied".
 """
 
@@ -277,10 +278,10 @@ def _principal(principal, where: _Where) -> dict:
         return {"or": [_principal(p, where) for p in principal.or_ids.ids]}
     if kind == "not_id":
         return {"not": _principal(principal.not_id, where)}
-    if kind in ("source_ip", "direct_remote_ip", "remote_ip"):
-        if where.http:
-            return where.unknown(f"{what}.{kind}[client address not known behind the stream front")
+    if kind in ("source_ip", "direct_remote_ip"):  # the client's connection (the hook hands it over the hop)
         return {"source_ip": _cidr(getattr(principal, kind))}
+    if kind == "remote_ip":  # HTTP: the last X-Forwarded-For address, else the connection's (as Envoy's sidecar)
+        return {"remote_ip" if where.http else "source_ip": _cidr(principal.remote_ip)}
     if kind == "header":
         return _header(principal.header, where, what)
     if kind == "url_path":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from netns_tests.pods import POD_V4
+from netns_tests.pods import OTHER_V4, POD_V4
 from sidecar_agent.apisix import config as apisix_config
 from sidecar_agent.apisix import datapath
 from sidecar_agent.schema import Schemas
@@ -28,6 +28,11 @@ POD_ID, CLIENT_ID = TRUST + "app", TRUST + "sleep"
 PERMISSIVE, STRICT, DISABLE = 8080, 7100, 7101
 HTTP_ALPN = ["istio-http/1.1", "istio", "http/1.1"]  # what Envoy offers for an HTTP/1.1 upstream with mTLS
 TCP_ALPN = ["istio-peer-exchange", "istio"]
+
+
+# ipBlocks: only from `other`'s address, which the TLS listeners know only as the front hands it over
+FROM_OTHER = {"action": "ALLOW", "name": "from-other", "policies": [
+    {"name": "other", "permissions": [{"any": True}], "principals": [{"source_ip": f"{OTHER_V4}/32"}]}]}
 
 
 def _document(tls: dict[int, int]) -> dict:
@@ -44,7 +49,7 @@ def _document(tls: dict[int, int]) -> dict:
                    {"name": "open", "permissions": [{"not": {"path": {"prefix": "/secure"}}}],
                     "principals": [{"any": True}]},
                    {"name": "sleep-only", "permissions": [{"path": {"prefix": "/secure"}}],
-                    "principals": [{"authenticated": {"exact": CLIENT_ID}}]}]}]}}}]
+                    "principals": [{"authenticated": {"exact": CLIENT_ID}}]}]}, FROM_OTHER]}}}]
     stream_routes = [
         {"id": "s-8080", "server_addr": POD_V4, "server_port": PERMISSIVE, "upstream_id": "us-inbound-http",
          "plugins": {datapath.TLS_PLUGIN: {"tls_port": tls[PERMISSIVE], "plaintext": True}}},
@@ -53,7 +58,7 @@ def _document(tls: dict[int, int]) -> dict:
         {"id": "s-7100-tls", "server_addr": "127.0.0.1", "server_port": tls[STRICT], "upstream_id": "us-app",
          "plugins": {"amesh-rbac": {"filters": [{"action": "DENY", "name": "deny", "policies": [
              {"name": "no-ratings", "permissions": [{"any": True}],
-              "principals": [{"authenticated": {"exact": TRUST + "ratings"}}]}]}]}}},
+              "principals": [{"authenticated": {"exact": TRUST + "ratings"}}]}]}, FROM_OTHER]}}},
         {"id": "s-7101", "server_addr": POD_V4, "server_port": DISABLE, "upstream_id": "us-app"},
     ]
     return {"routes": routes, "upstreams": upstreams, "stream_routes": sorted(stream_routes, key=precedence)}

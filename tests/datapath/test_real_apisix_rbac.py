@@ -9,6 +9,8 @@ Every configuration used here is also checked with the schema the agent validate
 
 from __future__ import annotations
 
+import subprocess
+import sys
 
 import pytest
 
@@ -51,6 +53,11 @@ HTTP_CONFIGS = {
     "ports": {"filters": [_filter("ALLOW", ([{"port": 8080}], [ANY]))]},
     "other-port": {"filters": [_filter("ALLOW", ([{"port_range": [9000, 9100]}], [ANY]))]},
     "audit": {"filters": [_filter("LOG", ([ANY], [ANY]))]},
+    # ipBlocks / remoteIpBlocks behind the inbound front: the client address it handed over the hop
+    "deny-other-ip": {"filters": [_filter("DENY", ([ANY], [{"source_ip": f"{OTHER_V4}/32"}]))]},
+    "allow-other-ip": {"filters": [_filter("ALLOW", ([ANY], [{"source_ip": f"{OTHER_V4}/32"}]))]},
+    "allow-elsewhere": {"filters": [_filter("ALLOW", ([ANY], [{"source_ip": "192.0.2.0/24"}]))]},
+    "allow-remote": {"filters": [_filter("ALLOW", ([ANY], [{"remote_ip": "10.1.0.0/16"}]))]},
     "refused": {"deny": "port 8080 requires mTLS: inbound mTLS not implemented"},
     "open": None,
 }
@@ -79,6 +86,11 @@ def _document() -> dict:
         if conf is not None:
             route["plugins"] = {PLUGIN: conf}
         routes.append(route)
+    # answers with APISIX's $remote_addr itself (no upstream)
+    routes.append({"id": "r-client-addr", "uri": "/*", "hosts": ["client-addr"], "priority": 100, "vars": SCOPE,
+                   "plugins": {"serverless-pre-function": {
+                       "phase": "access", "functions": ["return function() ngx.print(ngx.var.remote_addr) "
+                                                        "ngx.exit(200) end"]}}})
     stream_routes = [{"id": "s-in-8080", "server_addr": POD_V4, "server_port": 8080,
                       "upstream_id": "us-inbound-http"}]
     for port, conf in STREAM_CONFIGS.items():
@@ -144,6 +156,12 @@ def test_apisix_accepts_the_plugin(mesh):
     ("audit", "GET", "/", {}, 200),
     ("refused", "GET", "/", {}, 403),
     ("open", "DELETE", "/admin", {}, 200),
+    ("deny-other-ip", "GET", "/", {}, 403),
+    ("allow-other-ip", "GET", "/", {}, 200),
+    ("allow-elsewhere", "GET", "/", {}, 403),
+    ("allow-remote", "GET", "/", {}, 403),  # no X-Forwarded-For: other's own address
+    ("allow-remote", "GET", "/", {"X-Forwarded-For": "192.0.2.9, 10.1.2.3"}, 200),  # its last address
+    ("allow-remote", "GET", "/", {"X-Forwarded-For": "10.1.2.3, 192.0.2.9"}, 403),
 ])
 def test_http(mesh, host, method, path, headers, expected):
     network, apisix = mesh
@@ -151,6 +169,20 @@ def test_http(mesh, host, method, path, headers, expected):
     assert status == expected, (body, apisix.log()[-3000:])
     if expected == 403:
         assert body == "RBAC: access denied"
+
+
+def test_remote_addr_is_the_client_behind_the_front(mesh):
+    """Every plugin and log sees the client behind the hop as $remote_addr, on each request of a kept-alive
+    connection (the front hands the address over once per client connection)."""
+    network, apisix = mesh
+    script = ("import http.client\n"
+              f"c = http.client.HTTPConnection({POD_V4!r}, 8080, timeout=5)\n"
+              "for _ in range(3):\n"
+              "    c.request('GET', '/', headers={'Host': 'client-addr'}); r = c.getresponse()\n"
+              "    print(r.status, r.read().decode())\n")
+    out = subprocess.run(["ip", "netns", "exec", network.other, sys.executable, "-c", script],
+                         capture_output=True, text=True, timeout=20)
+    assert out.stdout.splitlines() == [f"200 {OTHER_V4}"] * 3, (out.stderr, apisix.log()[-3000:])
 
 
 def test_audit_only_logs(mesh):

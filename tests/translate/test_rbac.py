@@ -93,6 +93,13 @@ def source_ip(address: str, length: int) -> R.Principal:
     return out
 
 
+def remote_ip(address: str, length: int) -> R.Principal:
+    out = R.Principal()
+    out.remote_ip.address_prefix = address
+    out.remote_ip.prefix_len.value = length
+    return out
+
+
 def jwt_issuer(iss: str) -> R.Principal:
     out = R.Principal()
     out.metadata.filter = "istio_authn"
@@ -176,10 +183,15 @@ SCENARIOS = {
          http_filter("ALLOW", {"ns[default]-policy[allow]-rule[0]": (
              [method("GET")], [peer_principal("spiffe://cluster.local/ns/default/sa/good")]),
              "ns[default]-policy[allow-open]-rule[0]": ([path_prefix("/public")], [any_principal()])})]),
-    # ipBlocks: on TCP the client address is known, on HTTP not (internal listener)
+    # ipBlocks: the client's connection, on HTTP the address the inbound front hands over the hop
     "source-ip": lambda: with_filters(
         [http_filter("DENY", {"ns[default]-policy[ips]-rule[0]": ([any_permission()], [source_ip("10.0.0.0", 8)])})],
         [network_filter("DENY", {"ns[default]-policy[ips]-rule[0]": ([any_permission()], [source_ip("10.0.0.0", 8)])})]),
+    # remoteIpBlocks: on HTTP X-Forwarded-For's last address first (remote_ip), on TCP the connection's
+    "remote-ip": lambda: with_filters(
+        [http_filter("ALLOW", {"ns[default]-policy[rips]-rule[0]": ([any_permission()], [remote_ip("10.1.0.0", 16)])})],
+        [network_filter("ALLOW", {"ns[default]-policy[rips]-rule[0]": ([any_permission()],
+                                                                       [remote_ip("10.1.0.0", 16)])})]),
     # requestPrincipals (JWT) and notPaths
     "jwt-and-not": lambda: with_filters(
         [http_filter("ALLOW", {"ns[default]-policy[jwt]-rule[0]": (

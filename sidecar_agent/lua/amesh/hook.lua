@@ -31,6 +31,22 @@ for listen_port, port in pairs(attr.tls_ports or {}) do
     tls_ports[tostring(listen_port)] = tonumber(port)
 end
 
+-- our loopback listeners behind the inbound front: its inbound HTTP listeners and the mTLS ones
+local behind_front = {}
+for port, mapped in pairs(internal_ports) do
+    if mapped.direction == "inbound" then
+        behind_front[port] = true
+    end
+end
+for port in pairs(tls_ports) do
+    behind_front[port] = true
+end
+local inbound_client = require("amesh.inbound_client")
+if not ngx.shared[inbound_client.DICT] then
+    ngx.log(ngx.ERR, "amesh: no shared dict ", inbound_client.DICT, ": the client address behind the inbound ",
+            "front stays unknown")
+end
+
 local function original()
     local addr, port = origdst.get()
     if addr then
@@ -61,6 +77,24 @@ end)
 core.ctx.register_var("original_dst_port", function()
     local _, port = original()
     return port
+end)
+
+-- The inbound client's address, where our policies need it (amesh-rbac source_ip): on the front (15006)
+-- the connection's own; on a listener behind it the one the front handed over (nil when unknown); nil
+-- elsewhere (outbound: the app's own address, no inbound policy applies).
+core.ctx.register_var("amesh_client_addr", function()
+    local server_port = ngx.var.server_port
+    if server_port == inbound_port then
+        return ngx.var.remote_addr
+    end
+    if behind_front[server_port] then
+        if subsystem == "http" then
+            return ngx.ctx.amesh_client -- looked up once per request, before APISIX's access phase
+        end
+        local ip = inbound_client.client()
+        return ip
+    end
+    return nil
 end)
 
 if subsystem == "stream" then
@@ -109,7 +143,24 @@ end
 
 if subsystem == "http" then
     local apisix = require("apisix")
-    local access_phase = apisix.http_access_phase
+    local apisix_client = require("resty.apisix.client")
+    -- behind the inbound front: the client's address as $remote_addr for every plugin and log (as the real-ip
+    -- plugin does it), before APISIX reads it; nil when the front could not hand it over
+    local original_access = apisix.http_access_phase
+    local function access_phase(...)
+        if behind_front[ngx.var.server_port] then
+            local ip, port = inbound_client.client()
+            if ip then
+                ngx.ctx.amesh_client = ip
+                local ok, err = apisix_client.set_real_ip(ip, port)
+                if not ok then
+                    ngx.log(ngx.WARN, "amesh: client address ", ip, " not set: ", err)
+                end
+            end
+        end
+        return original_access(...)
+    end
+    apisix.http_access_phase = access_phase
     if attr.mtls_dir then
         -- Istio's ALPN on the TLS contexts that dial Istio mTLS (HTTP and TCP), once per worker (amesh.alpn)
         local init_worker = apisix.http_init_worker
@@ -138,22 +189,29 @@ if subsystem == "http" then
     end
 else
     local apisix = require("apisix")
-    if attr.mtls_dir and attr.tcp_mtls_port then
-        local mtls_origin = require("amesh.mtls_origin")
-        local origin_port = tonumber(attr.tcp_mtls_port)
-        local balancer_phase = apisix.stream_balancer_phase
-        apisix.stream_balancer_phase = function(...)
-            balancer_phase(...)
-            local labels = istio_mutual_labels()
-            if labels then
-                local ok, err = mtls_origin.divert(labels, origin_port)
-                if not ok then
-                    ngx.log(ngx.ERR, "amesh: TCP upstream requires Istio mTLS: ", err, ": connection closed")
-                    return ngx.exit(ngx.ERROR)
-                end
+    local mtls_origin = attr.mtls_dir and attr.tcp_mtls_port and require("amesh.mtls_origin")
+    local origin_port = tonumber(attr.tcp_mtls_port)
+    local balancer_phase = apisix.stream_balancer_phase
+    apisix.stream_balancer_phase = function(...)
+        balancer_phase(...)
+        if ngx.var.server_port == inbound_port then
+            return inbound_client.record(behind_front)
+        end
+        local labels = mtls_origin and istio_mutual_labels()
+        if labels then
+            local ok, err = mtls_origin.divert(labels, origin_port)
+            if not ok then
+                ngx.log(ngx.ERR, "amesh: TCP upstream requires Istio mTLS: ", err, ": connection closed")
+                return ngx.exit(ngx.ERROR)
             end
         end
-    else
+    end
+    local log_phase = apisix.stream_log_phase
+    apisix.stream_log_phase = function(...)
+        inbound_client.release()
+        return log_phase(...)
+    end
+    if not mtls_origin then
         local preread_phase = apisix.stream_preread_phase
         apisix.stream_preread_phase = function(...)
             preread_phase(...)

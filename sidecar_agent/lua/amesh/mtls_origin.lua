@@ -3,28 +3,22 @@
 -- APISIX's stream servers can dial TLS with a client certificate but cannot verify the server's
 -- identity (no proxy_ssl_verify_by_lua in the server blocks APISIX generates), so the stream front
 -- does not dial an Istio mTLS endpoint itself: once APISIX's balancer has picked the endpoint,
--- divert() records it (address, port, Istio's SNI, the identities the cluster accepts) under a fresh
--- loopback source address, binds the connection to that address and sends it to our own stream
--- server on 127.0.0.1 (datapath.py `tcp_mtls_port`). There preread() takes the record back by the
--- connection's source address, balancer() dials the endpoint, and verify() (proxy_ssl_verify_by_lua)
+-- divert() hands it (address, port, Istio's SNI, the identities the cluster accepts) across a loopback
+-- hop (amesh.hop) to our own stream server on 127.0.0.1 (datapath.py `tcp_mtls_port`). There preread()
+-- takes the record back, balancer() dials the endpoint, and verify() (proxy_ssl_verify_by_lua)
 -- checks the server's chain against the mesh root and its URI SAN against the cluster's list.
 -- Any failure closes the connection: never plaintext, never unverified.
 
 local ngx_balancer = require("ngx.balancer")
+local hop = require("amesh.hop")
 local apisix_upstream = require("resty.apisix.stream.upstream")
 local workload_cert = require("amesh.workload_cert")
 local peer_check = require("amesh.peer_check")
 
 local DICT = "amesh-hop-stream" -- datapath.py declares it next to the server
 local RECORD_TTL = 30 -- seconds a record may wait for its connection (a dial that never came)
-local SLOTS = 254 * 65536 -- source addresses 127.1.0.0 - 127.254.255.255: clear of 127.0.0.1 and 127.0.0.6
 
 local _M = {}
-
-local function address(n)
-    local slot = n % SLOTS
-    return string.format("127.%d.%d.%d", 1 + math.floor(slot / 65536), math.floor(slot / 256) % 256, slot % 256)
-end
 
 -- The stream front, after APISIX's balancer: send this connection to our TLS origin server instead
 -- of the endpoint APISIX picked. `labels`: the picked upstream's (amesh.sni, amesh.san).
@@ -36,25 +30,16 @@ function _M.divert(labels, origin_port)
     end
     local dict = ngx.shared[DICT]
     local record = table.concat({ ip, port, labels["amesh.sni"] or "", labels["amesh.san"] or "" }, "\t")
-    local n = dict:incr("next", 1, 0)
-    for _ = 1, 8 do -- a taken address is a record whose connection never came: skip it
-        local source = address(n)
-        local ok, err = dict:add(source, record, RECORD_TTL)
-        if ok then
-            ok, err = ngx_balancer.bind_to_local_addr(source)
-            if ok then
-                ok, err = ngx_balancer.set_current_peer("127.0.0.1", origin_port)
-            end
-            if not ok then
-                dict:delete(source)
-            end
-            return ok, err
-        elseif err ~= "exists" then
-            return nil, err
-        end
-        n = dict:incr("next", 1, 0)
+    local source, err = hop.bind(dict, record, RECORD_TTL)
+    if not source then
+        return nil, err
     end
-    return nil, "no free loopback source address"
+    local ok
+    ok, err = ngx_balancer.set_current_peer("127.0.0.1", origin_port)
+    if not ok then
+        hop.release(dict, source)
+    end
+    return ok, err
 end
 
 local function refuse(why)
@@ -65,12 +50,11 @@ end
 -- Our origin server, preread: which endpoint, and the workload certificate to present.
 function _M.preread()
     local dict = ngx.shared[DICT]
-    local source = ngx.var.remote_addr
-    local record = dict:get(source)
+    local record = hop.get(dict)
     if not record then
-        return refuse("no diverted connection from " .. source)
+        return refuse("no diverted connection from " .. ngx.var.remote_addr)
     end
-    dict:delete(source) -- the address is free again: a later connection may take it
+    hop.release(dict, ngx.var.remote_addr) -- the address is free again: a later connection may take it
     local ip, port, sni, sans = record:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)$")
     ngx.ctx.amesh_origin = { ip = ip, port = tonumber(port), sans = sans ~= "" and sans or nil }
     ngx.var.amesh_origin_sni = sni

@@ -7,7 +7,7 @@
 -- The filters run in order, as Envoy runs its RBAC filters: DENY refuses when a policy matches, ALLOW
 -- refuses unless one matches, LOG only logs. A policy matches when one of its permissions and one of
 -- its principals match. Match trees are evaluated in three-valued logic: a node the sidecar cannot
--- evaluate ({unknown = why}: JWT claims, the client address behind the stream front, …) is neither true nor
+-- evaluate ({unknown = why}: JWT claims, a client address the front could not hand over, …) is neither true nor
 -- false, and an undecided policy counts as matching in DENY and
 -- as not matching in ALLOW: the sidecar never allows what Envoy would refuse.
 --
@@ -256,20 +256,33 @@ compile = function(node)
             end
             return port >= first and port < last
         end
-    elseif node.source_ip ~= nil or node.destination_ip ~= nil then
-        local m, err = cidr_matcher(node.source_ip or node.destination_ip)
+    elseif node.source_ip ~= nil or node.remote_ip ~= nil or node.destination_ip ~= nil then
+        local m, err = cidr_matcher(node.source_ip or node.remote_ip or node.destination_ip)
         if not m then
             return nil, err
         end
-        local source = node.source_ip ~= nil
-        return function(ctx)
-            local addr
-            if source then
-                -- stream (15006): the client's own connection. HTTP: the stream front's, not the client's
-                addr = not is_http and ctx.var.remote_addr or nil
-            else
-                addr = ctx.var.original_dst_addr
+        local address
+        if node.destination_ip ~= nil then
+            address = function(ctx) return ctx.var.original_dst_addr end
+        elseif node.source_ip ~= nil then
+            -- the client's connection (Envoy's direct_remote_ip), also behind the inbound front (the hook)
+            address = function(ctx) return ctx.var.amesh_client_addr end
+        else
+            -- Envoy's remote_ip on a sidecar's inbound (use_remote_address false, no trusted hops): the last
+            -- X-Forwarded-For address when there is one, else the client's connection
+            address = function(ctx)
+                local xff = is_http and ctx.var.http_x_forwarded_for
+                if xff then
+                    local last = xff:match("([^,%s]+)%s*$")
+                    if last then
+                        return last
+                    end
+                end
+                return ctx.var.amesh_client_addr
             end
+        end
+        return function(ctx)
+            local addr = address(ctx)
             if not addr then
                 return UNKNOWN
             end
