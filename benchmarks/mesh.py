@@ -41,6 +41,10 @@ Handshakes: `openssl s_time -new` from the plain client namespace straight to re
 (captured → amesh-mtls → the port's TLS listener), with a client certificate from the mesh CA: full TLS 1.3
 handshakes with client authentication, one per connection, for --seconds; with the server sidecar's
 APISIX CPU time over the run that is handshakes per second per worker.
+TCP: from productpage-v1 to the mongodb service (VIP:27017, a line echo), one line and its echo per
+connection, back to back for --seconds: latency percentiles, exchanges per second, and the client sidecar's
+APISIX CPU per exchange. Under mTLS every connection is a full Istio mTLS handshake through the client
+sidecar's TLS origin server (docs/data-path.md, "TCP services"): TCP hops are not pooled.
 3. Memory per pod after sync (Bookinfo's rules applied, before any load): RSS and PSS
    (/proc/<pid>/smaps_rollup) of the agent and of APISIX (master, workers, privileged agent). RSS counts
    the pages the workers share with their master once per process; PSS divides them, so PSS sums.
@@ -279,6 +283,53 @@ def handshakes(workdir: Path, prefix: str, client: str, seconds: int) -> dict:
             "per_apisix_cpu_second": count / max(used, 1e-9)}
 
 
+TCP_EXCHANGES = r"""
+import json, socket, sys, time
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+times, errors = [], 0
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    start = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=5) as conn:
+            conn.sendall(b"ping\n")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = conn.recv(100)
+                if not chunk:
+                    raise OSError("closed")
+                reply += chunk
+        times.append((time.monotonic() - start) * 1000)
+    except OSError:
+        errors += 1
+print(json.dumps({"times_ms": times, "errors": errors}))
+"""
+
+
+def tcp_exchanges(prefix: str, seconds: int) -> dict:
+    """A TCP service through two sidecars: from productpage-v1 to mongodb:27017 (its VIP), one line and its
+    echo per connection, back to back for `seconds` -- under mTLS each connection is a new Istio mTLS
+    handshake (TCP hops are not pooled) through the client sidecar's TLS origin server. Latency
+    percentiles, exchanges per second and the client sidecar's APISIX CPU per exchange."""
+    client_ns = mesh_mod.namespace(prefix, CLIENT_POD)
+    sidecar = pod_processes(client_ns)["apisix"]
+    vip = topology.bookinfo().service("mongodb").vip
+    before = cpu_seconds(sidecar)
+    out = subprocess.run(["ip", "netns", "exec", client_ns, sys.executable, "-c", TCP_EXCHANGES, vip, "27017",
+                          str(seconds)], capture_output=True, text=True, timeout=seconds + 60)
+    used = cpu_seconds(sidecar) - before
+    if out.returncode:
+        raise RuntimeError(f"TCP exchanges failed: {out.stderr[-500:]}")
+    found = json.loads(out.stdout)
+    times = sorted(found["times_ms"])
+    if not times:
+        raise RuntimeError(f"no TCP exchange succeeded ({found['errors']} errors)")
+    q = statistics.quantiles(times, n=100, method="inclusive")
+    return {"exchanges": len(times), "errors": found["errors"], "per_second": len(times) / seconds,
+            "p50": q[49], "p90": q[89], "p99": q[98],
+            "client_apisix_cpu_ms_per_exchange": used * 1000 / len(times)}
+
+
 # -- 2. configuration change -------------------------------------------------------------------------------
 def reviews_vs(subset: str) -> dict:
     return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
@@ -414,6 +465,8 @@ def run_mode(mode: str, workdir: Path, seconds: int, repeat: int, mtls: bool = F
             tw_reuse(ns)
         log(f"{mode}: data path ({seconds} s per run)")
         result["data_path"] = data_path(state["prefix"], client, seconds, repeat)
+        log(f"{mode}: TCP service, one exchange per connection ({seconds} s)")
+        result["tcp"] = tcp_exchanges(state["prefix"], seconds)
         log(f"{mode}: configuration change ({FLIPS} flips)")
         result["config_change"] = config_change(workdir, state, mode)
         if mtls:
@@ -469,6 +522,11 @@ def table(results: list[dict]) -> str:
                          f"{mu['rps_per_worker']:6,.0f} {c[CLIENT_POD]:6,.0f} {c[SERVER_POD]:6,.0f}  "
                          f"{'ref Envoy %.0f/CPU-s' % (1000 / ISTIO_VCPU_PER_1000_RPS):>22}  "
                          f"{versus(min(c.values()) >= 1000 / ISTIO_VCPU_PER_1000_RPS)}")
+        if "tcp" in r:
+            t = r["tcp"]
+            lines.append(f"TCP service, 1 exchange/conn, two sidecars: p50/p90/p99 ms{'':6} "
+                         f"{t['p50']:6.2f} {t['p90']:6.2f} {t['p99']:6.2f}  ({t['per_second']:,.0f}/s, "
+                         f"{t['errors']} errors, client APISIX {t['client_apisix_cpu_ms_per_exchange']:.2f} CPU-ms each)")
         if "handshakes" in r:
             h = r["handshakes"]
             lines.append(f"mTLS handshakes into one sidecar (openssl s_time -new): per s / per APISIX CPU-s "

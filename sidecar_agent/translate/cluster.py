@@ -11,7 +11,8 @@
 - `circuit_breakers`: Istio's "unlimited" defaults need nothing; real limits are reported;
 - TLS: Istio mutual TLS (SDS secrets `default` + `ROOTCA`) or auto-mTLS (`transport_socket_matches`
   on `tlsMode: istio`) -> `scheme: https` and label `amesh.tls: istio-mutual` (and `amesh.sni`), so the
-  agent can attach the workload certificate;
+  agent can attach the workload certificate; auto-mTLS with only some endpoints labelled keeps `http`
+  and says `amesh.tls: istio-per-endpoint` (upstream.build; endpoint.py marks those nodes);
 - Istio's `outbound|port|subset|host` names -> labels `istio.port`, `istio.subset`, `istio.host`.
 """
 
@@ -98,8 +99,9 @@ def translate_cluster(cluster) -> tuple[ClusterPart, Iterable[Unsupported]]:
     if labels:
         body["labels"] = dict(sorted(labels.items()))
     mutual = {**body.get("labels", {}), "amesh.tls": "istio-mutual"} if tls_auto else None
+    per_endpoint = {**mutual, "amesh.tls": "istio-per-endpoint"} if tls_auto else None
     return ClusterPart(name=name, body=body, hashing=hashing, eds_name=eds_name, static_nodes=static_nodes,
-                       tls_auto=tls_auto, mutual_labels=mutual), cov.compact()
+                       tls_auto=tls_auto, mutual_labels=mutual, per_endpoint_labels=per_endpoint), cov.compact()
 
 
 @lru_cache(maxsize=256, typed=True)

@@ -5,7 +5,9 @@
 - `health_status` UNHEALTHY, DRAINING and TIMEOUT endpoints are removed;
 - locality `priority` (0 = most preferred in Envoy) -> node `priority` = -priority (APISIX tries
   higher values first);
-- IPv6 addresses are bracketed; duplicates are merged (weights summed); nodes are sorted.
+- IPv6 addresses are bracketed; duplicates are merged (weights summed); nodes are sorted;
+- Istio auto-mTLS: when only some endpoints carry `tlsMode: istio` (sidecars being rolled out), those
+  nodes get `metadata: {tlsMode: istio}`, so the sidecar dials them with mTLS and the others in plaintext.
 No endpoints gives no nodes: APISIX answers 503, as Envoy does, and never keeps stale nodes.
 """
 
@@ -21,6 +23,7 @@ from sidecar_agent.translate.upstream import EndpointPart
 _REMOVED_HEALTH = {2, 3, 4}  # UNHEALTHY, DRAINING, TIMEOUT
 _HOST_DEF = re.compile(r"^\*?[0-9a-zA-Z-._\[\]:]+$")
 _TLS_MATCH = "envoy.transport_socket_match"
+ISTIO_NODE = {"tlsMode": "istio"}  # node metadata of a sidecar endpoint in a mixed set (shared, read-only)
 
 
 def translate_endpoints(cla, kind: str = "endpoints", resource: str | None = None, path: str = "",
@@ -30,8 +33,10 @@ def translate_endpoints(cla, kind: str = "endpoints", resource: str | None = Non
     cov = Coverage(kind, resource or sys.intern(cla.cluster_name))
     nodes, tls_marks = endpoint_nodes(cla, cov, path, pool)
     istio = sum(tls_marks)
-    part = EndpointPart(nodes=nodes, istio_tls=bool(nodes) and istio == len(nodes),
-                        mixed_tls=0 < istio < len(nodes))
+    mixed = 0 < istio < len(nodes)
+    if mixed:  # Istio auto-mTLS per endpoint: the sidecar's endpoints are marked (lua/amesh/hook.lua reads it)
+        nodes = [dict(node, metadata=ISTIO_NODE) if mark else node for node, mark in zip(nodes, tls_marks)]
+    part = EndpointPart(nodes=nodes, istio_tls=bool(nodes) and istio == len(nodes), mixed_tls=mixed)
     return part, cov.compact()
 
 

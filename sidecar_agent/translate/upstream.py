@@ -127,6 +127,8 @@ class ClusterPart:
     tls_auto: bool  # Istio auto-mTLS: TLS only for endpoints labelled tlsMode=istio
     # `labels` of its upstreams when auto-mTLS applies: one dict for all of them (read-only)
     mutual_labels: dict | None = None
+    # … and when it applies to some endpoints only (`amesh.tls: istio-per-endpoint`: the marked nodes)
+    per_endpoint_labels: dict | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +145,16 @@ def auto_mutual(cluster: ClusterPart, endpoints: EndpointPart | None) -> bool:
     return cluster.tls_auto and endpoints is not None and endpoints.istio_tls and not endpoints.mixed_tls
 
 
+def per_endpoint_mutual(cluster: ClusterPart, endpoints: EndpointPart | None) -> bool:
+    """Istio auto-mTLS applies to the endpoints carrying `tlsMode: istio` only (a mixed set)."""
+    return cluster.tls_auto and endpoints is not None and endpoints.mixed_tls
+
+
 def istio_mutual(cluster: ClusterPart, endpoints: EndpointPart | None) -> bool:
-    """The upstream `build` makes for this cluster and endpoint set is Istio mTLS (`amesh.tls: istio-mutual`)."""
-    return auto_mutual(cluster, endpoints) or (cluster.body.get("labels") or {}).get("amesh.tls") == "istio-mutual"
+    """The upstream `build` makes for this cluster and endpoint set dials Istio mTLS, to all its endpoints
+    (`amesh.tls: istio-mutual`) or to some (`istio-per-endpoint`)."""
+    return (auto_mutual(cluster, endpoints) or per_endpoint_mutual(cluster, endpoints)
+            or (cluster.body.get("labels") or {}).get("amesh.tls") == "istio-mutual")
 
 
 @lru_cache(maxsize=1024, typed=True)
@@ -176,6 +185,8 @@ def build(ref: UpstreamRef, cluster: ClusterPart | None, endpoints: EndpointPart
             if auto_mutual(cluster, endpoints):
                 body["scheme"] = "https"
                 body["labels"] = cluster.mutual_labels
+            elif per_endpoint_mutual(cluster, endpoints):  # plaintext, but https to the marked nodes
+                body["labels"] = cluster.per_endpoint_labels
     body["nodes"] = nodes if nodes is not None else []
     timeout = body.get("timeout")
     connect = timeout.get("connect", 5.0) if timeout else 5.0  # Envoy's default connect timeout

@@ -40,9 +40,19 @@ CASES = {
     "any-identity": (19445, {"amesh.tls": "istio-mutual"}),  # no SAN list: any workload of the mesh
     "plain-tls": (19446, {"amesh.tls": "simple"}),  # not Istio mTLS: unverified, as before
 }
+PLAIN_PORT = 19450  # a plaintext server: an endpoint without a sidecar
+PER_ENDPOINT = {**MUTUAL, "amesh.tls": "istio-per-endpoint"}
+# auto-mTLS with some endpoints only (translate/endpoint.py marks the sidecar's): weight 0 makes APISIX pick the other
+MIXED = {
+    "mixed-to-sidecar": [{"host": "127.0.0.1", "port": 19443, "weight": 1, "metadata": {"tlsMode": "istio"}},
+                         {"host": "127.0.0.1", "port": PLAIN_PORT, "weight": 0}],
+    "mixed-to-plain": [{"host": "127.0.0.1", "port": 19443, "weight": 0, "metadata": {"tlsMode": "istio"}},
+                       {"host": "127.0.0.1", "port": PLAIN_PORT, "weight": 1}],
+}
 # TCP services (lua/amesh/mtls_origin.lua): a stream route each, told apart by the client's source address
 TCP_PORT = 19560
-TCP_CASES = {"mesh": "127.0.0.11", "forged": "127.0.0.12", "impostor": "127.0.0.13", "any-identity": "127.0.0.14"}
+TCP_CASES = {"mesh": "127.0.0.11", "forged": "127.0.0.12", "impostor": "127.0.0.13", "any-identity": "127.0.0.14",
+             "mixed-to-sidecar": "127.0.0.15", "mixed-to-plain": "127.0.0.16"}
 
 
 class MtlsServer:
@@ -84,6 +94,14 @@ class MtlsServer:
         self.listener.close()
 
 
+def _plaintext(conn: socket.socket) -> None:
+    """An endpoint without a sidecar: plaintext HTTP (or a TCP line), answering that it was plaintext."""
+    with conn:
+        conn.recv(65536)
+        body = b'{"plaintext": true}'
+        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
 @pytest.fixture(scope="module")
 def world():
     realapisix.skip_unless_available()
@@ -98,11 +116,19 @@ def world():
         upstreams.append({"id": f"u-{host}", "type": "roundrobin", "scheme": "https", "labels": labels,
                           "nodes": [{"host": "127.0.0.1", "port": port, "weight": 1}]})
         routes.append({"id": f"r-{host}", "uri": "/*", "hosts": [host], "upstream_id": f"u-{host}"})
+    for host, nodes in MIXED.items():
+        upstreams.append({"id": f"u-{host}", "type": "roundrobin", "scheme": "http", "labels": PER_ENDPOINT,
+                          "nodes": nodes})
+        routes.append({"id": f"r-{host}", "uri": "/*", "hosts": [host], "upstream_id": f"u-{host}"})
     stream_routes = []
     for host, source in TCP_CASES.items():
-        port, labels = CASES[host]
+        if host in MIXED:
+            labels, nodes = PER_ENDPOINT, MIXED[host]
+        else:
+            port, labels = CASES[host]
+            nodes = [{"host": "127.0.0.1", "port": port, "weight": 1}]
         upstreams.append({"id": f"us-{host}", "type": "roundrobin", "scheme": "tcp", "labels": labels,
-                          "nodes": [{"host": "127.0.0.1", "port": port, "weight": 1}]})
+                          "nodes": nodes})
         stream_routes.append({"id": f"s-{host}", "remote_addr": source, "upstream_id": f"us-{host}"})
     document = {"routes": routes, "upstreams": upstreams, "stream_routes": stream_routes}
     schemas = Schemas(APISIX_SCHEMA_DIR)
@@ -118,11 +144,14 @@ def world():
                        MtlsServer(apisix.ns, 19444, *forger.leaf(SERVER_ID), root),
                        MtlsServer(apisix.ns, 19445, *mesh.leaf(TRUST + "ratings"), root),
                        MtlsServer(apisix.ns, 19446, *forger.leaf("spiffe://elsewhere/x"), None)]
+            plain = realapisix.serve_in_namespace(apisix.ns, PLAIN_PORT, _plaintext)
             yield {"apisix": apisix, "port": apisix.forward(dp.mirror_port), "servers": servers, "dp": dp,
                    "mesh": mesh, "cert_dir": cert_dir}
         finally:
             for server in servers:
                 server.close()
+            if plain is not None:
+                plain.close()
 
 
 def get(world, host: str) -> tuple[int, dict | str]:
@@ -241,3 +270,17 @@ def test_tcp_mtls_origin_refuses_a_connection_the_front_did_not_divert(world):
     for its source address a connection is closed, whatever it sends."""
     assert realapisix.tcp_from(world["apisix"].ns, world["dp"].tcp_mtls_port, b"hello\n", source="127.0.0.21") == b""
     assert any("no diverted connection from 127.0.0.21" in line for line in world["apisix"].errors())
+
+
+def test_auto_mtls_per_endpoint_http(world):
+    """Some endpoints have a sidecar (marked nodes of a plaintext upstream): those are dialled with Istio mTLS,
+    the others in plaintext, as Envoy's transport_socket_matches do."""
+    status, seen = get(world, "mixed-to-sidecar")
+    assert status == 200 and seen["client"] == in_force(world) and seen["sni"] == [SNI], seen
+    assert get(world, "mixed-to-plain") == (200, {"plaintext": True})
+
+
+def test_auto_mtls_per_endpoint_tcp(world):
+    seen = tcp(world, "mixed-to-sidecar")
+    assert seen["client"] == in_force(world) and seen["alpn"] == ["istio-peer-exchange", "istio"], seen
+    assert tcp(world, "mixed-to-plain") == {"plaintext": True}

@@ -107,3 +107,37 @@ def test_tcp_service_with_istio_mtls_and_a_workload_certificate_is_served():
 
 def test_tcp_service_without_sidecars_is_plaintext_and_not_reported():
     assert not [e for e in _report_of(_tcp_mesh("disabled")).entries if e.effect == "denied"]
+
+
+def test_auto_mtls_with_some_endpoints_only_marks_them():
+    """A service whose pods are being given sidecars: Envoy's transport_socket_matches dial the labelled ones
+    with mTLS and the rest in plaintext. The upstream stays plaintext, says `istio-per-endpoint`, and marks
+    the sidecar's nodes (the hook switches to mTLS for those); the document passes APISIX's schema."""
+    from amesh_testing import istiogen
+    from sidecar_agent.apisix.datapath import DataPathSettings
+    from sidecar_agent.configdump import XdsResources
+    from sidecar_agent.schema import Schemas
+    from sidecar_agent.schemas import APISIX_SCHEMA_DIR
+    from sidecar_agent.translate import Translator
+
+    mongo = istiogen.Service("mongodb", "10.96.0.50", (istiogen.ServicePort(27017, "tcp", "TCP"),))
+    xds = istiogen.generate(istiogen.Mesh(services=(mongo,), workloads=(
+        istiogen.Workload("mongodb", "v1", ("10.244.0.50",), tls_mode="istio"),
+        istiogen.Workload("mongodb", "v2", ("10.244.0.51",), tls_mode="disabled"))))
+    resources = XdsResources(listeners={m.name: m for m in xds.listeners},
+                             route_configs={m.name: m for m in xds.route_configs},
+                             clusters={m.name: m for m in xds.clusters},
+                             endpoints={m.cluster_name: m for m in xds.endpoints})
+    translator = Translator(pod_ips=("10.244.0.10",), data_path=DataPathSettings(mtls_dir="/etc/istio/proxy"))
+    document = translator.load(resources).document()
+    route = next(r for r in document["stream_routes"] if r.get("server_port") == 27017)
+    upstream = next(u for u in document["upstreams"] if u["id"] == route["upstream_id"])
+    assert upstream["scheme"] != "https" and upstream["labels"]["amesh.tls"] == "istio-per-endpoint"
+    assert upstream["labels"]["amesh.sni"] == "outbound_.27017_._.mongodb.default.svc.cluster.local"
+    assert [(n["host"], n.get("metadata")) for n in upstream["nodes"]] == [
+        ("10.244.0.50", {"tlsMode": "istio"}), ("10.244.0.51", None)]
+    schemas = Schemas(APISIX_SCHEMA_DIR)
+    assert schemas.check("upstream", upstream) == [] and schemas.check("stream_route", route) == []
+    # without a workload certificate the sidecar's endpoint is refused: reported as denied
+    bare = Translator(pod_ips=("10.244.0.10",)).load(resources).report()
+    assert [e.resource for e in bare.entries if e.effect == "denied"] == ["outbound|27017||mongodb.default.svc.cluster.local"]

@@ -130,15 +130,38 @@ end
 -- (no CA configured) an HTTP request to such an upstream gets 502 and a TCP connection to one is closed;
 -- with one, a TCP connection goes through our TLS origin server (amesh.mtls_origin), as APISIX's own
 -- stream servers cannot verify a server's identity: docs/data-path.md.
--- The labels of the upstream APISIX picked, when it is Istio mTLS (`amesh.tls: istio-mutual`); else nil.
-local function istio_mutual_labels()
+-- The picked node (`host`, `port`) of `conf` carries `metadata.tlsMode: istio` (translate/endpoint.py marks
+-- a sidecar's endpoints so when only some of a service's endpoints have one).
+local function marked_istio(conf, host, port)
+    for _, node in ipairs(conf.nodes or {}) do
+        if node.port == port and (node.host == host or node.host == "[" .. host .. "]") then
+            return node.metadata ~= nil and node.metadata.tlsMode == "istio"
+        end
+    end
+    return false
+end
+
+-- The labels of the upstream APISIX picked when the connection to its picked node (`host`, `port`) is Istio
+-- mTLS: every node's (`amesh.tls: istio-mutual`) or that node's (`istio-per-endpoint`, auto-mTLS with some
+-- endpoints only); else nil.
+local function istio_mutual_labels(host, port)
     local api_ctx = ngx.ctx.api_ctx
     local conf = api_ctx and (api_ctx.upstream_conf or api_ctx.matched_upstream)
     local labels = conf and conf.labels
-    if labels and labels["amesh.tls"] == "istio-mutual" then
+    local mode = labels and labels["amesh.tls"]
+    if mode == "istio-mutual" then
         return labels
     end
+    if mode == "istio-per-endpoint" and host and marked_istio(conf, host, port) then
+        return labels, true
+    end
     return nil
+end
+
+-- The same for the node APISIX's access (HTTP) or preread (stream) phase picked.
+local function picked_mutual_labels()
+    local picked = ngx.ctx.api_ctx and ngx.ctx.api_ctx.picked_server
+    return istio_mutual_labels(picked and picked.host, picked and picked.port)
 end
 
 if subsystem == "http" then
@@ -175,12 +198,16 @@ if subsystem == "http" then
         local mtls = require("amesh.mtls")
         apisix.http_access_phase = function(...)
             access_phase(...)
-            mtls.after_access(istio_mutual_labels())
+            local labels, per_endpoint = picked_mutual_labels()
+            if per_endpoint then
+                ngx.var.upstream_scheme = "https" -- this node of a plaintext upstream has a sidecar
+            end
+            mtls.after_access(labels)
         end
     else
         apisix.http_access_phase = function(...)
             access_phase(...)
-            if istio_mutual_labels() then
+            if picked_mutual_labels() then
                 ngx.log(ngx.ERR, "amesh: upstream requires Istio mTLS and this sidecar has no workload ",
                         "certificate (no CA configured): refused")
                 return ngx.exit(502)
@@ -197,7 +224,8 @@ else
         if ngx.var.server_port == inbound_port then
             return inbound_client.record(behind_front)
         end
-        local labels = mtls_origin and istio_mutual_labels()
+        local api_ctx = ngx.ctx.api_ctx
+        local labels = mtls_origin and api_ctx and istio_mutual_labels(api_ctx.balancer_ip, api_ctx.balancer_port)
         if labels then
             local ok, err = mtls_origin.divert(labels, origin_port)
             if not ok then
@@ -215,7 +243,7 @@ else
         local preread_phase = apisix.stream_preread_phase
         apisix.stream_preread_phase = function(...)
             preread_phase(...)
-            if istio_mutual_labels() then
+            if picked_mutual_labels() then
                 ngx.log(ngx.ERR, "amesh: TCP upstream requires Istio mTLS and this sidecar has no workload ",
                         "certificate (no CA configured): connection closed (never sent in plaintext)")
                 return ngx.exit(ngx.ERROR)
