@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from netns_tests.pods import OTHER_V4, POD_V4
+from netns_tests.pods import OTHER_V4, OTHER_V6, POD_V4, POD_V6
 from sidecar_agent.apisix import config as apisix_config
 from sidecar_agent.schema import Schemas
 from sidecar_agent.translate.stream import precedence
@@ -92,6 +92,8 @@ def _document() -> dict:
                        "phase": "access", "functions": ["return function() ngx.print(ngx.var.remote_addr) "
                                                         "ngx.exit(200) end"]}}})
     stream_routes = [{"id": "s-in-8080", "server_addr": POD_V4, "server_port": 8080,
+                      "upstream_id": "us-inbound-http"},
+                     {"id": "s-in-8080-v6", "server_addr": POD_V6, "server_port": 8080,
                       "upstream_id": "us-inbound-http"}]
     for port, conf in STREAM_CONFIGS.items():
         route = {"id": f"s-in-{port}", "server_addr": POD_V4, "server_port": port, "upstream_id": "us-app"}
@@ -171,18 +173,19 @@ def test_http(mesh, host, method, path, headers, expected):
         assert body == "RBAC: access denied"
 
 
-def test_remote_addr_is_the_client_behind_the_front(mesh):
+@pytest.mark.parametrize("pod_ip,client_ip", [(POD_V4, OTHER_V4), (POD_V6, OTHER_V6)], ids=["v4", "v6"])
+def test_remote_addr_is_the_client_behind_the_front(mesh, pod_ip, client_ip):
     """Every plugin and log sees the client behind the hop as $remote_addr, on each request of a kept-alive
-    connection (the front hands the address over once per client connection)."""
+    connection (the front hands the address over once per client connection), IPv4 and IPv6 clients."""
     network, apisix = mesh
     script = ("import http.client\n"
-              f"c = http.client.HTTPConnection({POD_V4!r}, 8080, timeout=5)\n"
+              f"c = http.client.HTTPConnection({pod_ip!r}, 8080, timeout=5)\n"
               "for _ in range(3):\n"
               "    c.request('GET', '/', headers={'Host': 'client-addr'}); r = c.getresponse()\n"
               "    print(r.status, r.read().decode())\n")
     out = subprocess.run(["ip", "netns", "exec", network.other, sys.executable, "-c", script],
                          capture_output=True, text=True, timeout=20)
-    assert out.stdout.splitlines() == [f"200 {OTHER_V4}"] * 3, (out.stderr, apisix.log()[-3000:])
+    assert out.stdout.splitlines() == [f"200 {client_ip}"] * 3, (out.stderr, apisix.log()[-3000:])
 
 
 def test_audit_only_logs(mesh):

@@ -1,4 +1,4 @@
--- Istio mutual TLS towards TCP services (docs/data-path.md "Istio mTLS to TCP services").
+-- Istio mutual TLS towards TCP services (docs/data-path.md, "TCP services: the TLS origin server").
 --
 -- APISIX's stream servers can dial TLS with a client certificate but cannot verify the server's
 -- identity (no proxy_ssl_verify_by_lua in the server blocks APISIX generates), so the stream front
