@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import ssl
 import tempfile
@@ -284,3 +285,32 @@ def test_auto_mtls_per_endpoint_tcp(world):
     seen = tcp(world, "mixed-to-sidecar")
     assert seen["client"] == in_force(world) and seen["alpn"] == ["istio-peer-exchange", "istio"], seen
     assert tcp(world, "mixed-to-plain") == {"plaintext": True}
+
+
+def test_istio_alpn_survives_a_reload(world):
+    """The agent reloads APISIX (SIGHUP) when config.yaml changes: the new workers, on nginx's new cycle, set
+    Istio's ALPN again in their init (amesh.alpn walks the cycle they run in)."""
+    apisix = world["apisix"]
+    before = {pid for pid in _workers(apisix)}
+    os.kill(apisix.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (not _workers(apisix) or _workers(apisix) & before):
+        time.sleep(0.1)
+    assert _workers(apisix) and not _workers(apisix) & before, "no new workers after the reload"
+    status, seen = get(world, "mesh")
+    assert status == 200 and seen["alpn"] == ["istio-http/1.1", "istio", "http/1.1"], seen
+    assert tcp(world, "mesh")["alpn"] == ["istio-peer-exchange", "istio"]
+    assert not any("Istio ALPN not set" in line for line in apisix.errors())
+
+
+def _workers(apisix) -> set[int]:
+    """PIDs of the APISIX master's live worker processes (not those of a reload shutting down)."""
+    out = set()
+    for child in Path(f"/proc/{apisix.proc.pid}/task/{apisix.proc.pid}/children").read_text().split():
+        try:
+            title = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if title.startswith(b"nginx: worker process") and b"shutting down" not in title:
+            out.add(int(child))
+    return out
