@@ -39,23 +39,29 @@ function _M.refuse(code, why)
     return ngx.exit(ngx.ERROR)
 end
 
--- The server's leaf (resty.openssl x509) and the chain it sent (x509.chain), or nil and why.
-function _M.peer_chain()
+-- The server's leaf certificate (resty.openssl x509), or nil when it presented none.
+local function leaf()
     local cert = proxy_verify.get_verify_cert()
+    return cert and openssl_x509.dup(ffi.cast("X509*", cert)) or nil
+end
+
+-- The server's leaf and the chain it sent (x509.chain), for a verification of our own (the TCP side); or
+-- nil and why.
+function _M.peer_chain()
+    local cert = leaf()
     if not cert then
         return nil, "none presented"
     end
-    local leaf = openssl_x509.dup(ffi.cast("X509*", cert))
     local ssl = upstream_ssl()
     local stack = ssl and ffi.C.SSL_get_peer_cert_chain(ssl)
     if stack == nil then
-        return leaf, nil
+        return cert, nil
     end
     local chain, err = openssl_chain.dup(stack)
     if not chain then
         return nil, err
     end
-    return leaf, chain
+    return cert, chain
 end
 
 local function allowed(sans, uri)
@@ -67,12 +73,13 @@ local function allowed(sans, uri)
     return false
 end
 
--- `sans`: the cluster's accepted identities (comma-separated), nil for any workload of the mesh.
-function _M.identity(sans, leaf)
+-- `sans`: the cluster's accepted identities (comma-separated), nil for any workload of the mesh. `cert`:
+-- the server's leaf when the caller has it already; else it is read only when there are identities to check.
+function _M.identity(sans, cert)
     if not sans then
         return proxy_verify.set_verify_result(_M.OK)
     end
-    local uris = uri_sans(leaf)
+    local uris = uri_sans(cert or leaf())
     for _, uri in ipairs(uris) do
         if allowed(sans, uri) then
             return proxy_verify.set_verify_result(_M.OK)
