@@ -74,12 +74,10 @@ STREAM_CONFIGS = {
 
 
 HOP_SQUAT = """return function()
-    local dict = ngx.shared["nacos"]
-    local next = (dict:get("amesh-hop-next") or 0) + 1
+    local hop, dict = require("amesh.hop"), ngx.shared["nacos"]
+    local next = (dict:get(hop.NEXT) or 0) + 1
     for n = next, next + 2 do
-        local slot = n % (254 * 65536)
-        dict:set(string.format("127.%d.%d.%d", 1 + math.floor(slot / 65536), math.floor(slot / 256) % 256, slot % 256),
-                 "192.0.2.66 1", 60)
+        dict:set(hop.address(n), "192.0.2.66 1", 60)
     end
     ngx.print(3)
     ngx.exit(200)
@@ -104,8 +102,8 @@ def _document() -> dict:
                    "plugins": {"serverless-pre-function": {
                        "phase": "access", "functions": ["return function() ngx.print(ngx.var.remote_addr) "
                                                         "ngx.exit(200) end"]}}})
-    # takes the loopback addresses the next hand-overs would use (amesh/hop.lua: a counter in the same dict),
-    # as records whose connections never came; answers how many it took
+    # takes the loopback addresses the next hand-overs would use (amesh/hop.lua's counter and addresses), as
+    # records whose connections never came; answers how many it took
     routes.append({"id": "r-hop-squat", "uri": "/*", "hosts": ["hop-squat"], "priority": 100, "vars": SCOPE,
                    "plugins": {"serverless-pre-function": {"phase": "access", "functions": [HOP_SQUAT]}}})
     stream_routes = [{"id": "s-in-8080", "server_addr": POD_V4, "server_port": 8080,

@@ -13,17 +13,34 @@ local ngx_balancer = require("ngx.balancer")
 local SLOTS = 254 * 65536
 local TRIES = 8
 
-local _M = {}
+local _M = {
+    NEXT = "amesh-hop-next", -- the dict's counter of addresses handed out
+}
 
-local function address(n)
+-- The `n`th source address.
+function _M.address(n)
     local slot = n % SLOTS
     return string.format("127.%d.%d.%d", 1 + math.floor(slot / 65536), math.floor(slot / 256) % 256, slot % 256)
 end
+local address = _M.address
 
 -- Balancer phase: record `value` and bind the upstream connection to its address. `ttl` 0: until
--- release(). Returns the address, or nil and why (nothing recorded then).
-function _M.bind(dict, value, ttl)
-    local n, err = dict:incr("amesh-hop-next", 1, 0)
+-- release(). `held`: the address an earlier try of this connection got (the balancer runs again on a
+-- retry): the record there is replaced, not a second one left behind. Returns the address, or nil and why
+-- (nothing recorded then).
+function _M.bind(dict, value, ttl, held)
+    if held then
+        local ok, err = dict:set(held, value, ttl)
+        if ok then
+            ok, err = ngx_balancer.bind_to_local_addr(held)
+        end
+        if not ok then
+            dict:delete(held)
+            return nil, err
+        end
+        return held
+    end
+    local n, err = dict:incr(_M.NEXT, 1, 0)
     if not n then
         return nil, err
     end
@@ -41,7 +58,7 @@ function _M.bind(dict, value, ttl)
         elseif err ~= "exists" then
             return nil, err
         end
-        n = dict:incr("amesh-hop-next", 1, 0)
+        n = dict:incr(_M.NEXT, 1, 0)
     end
     return nil, "no free loopback source address"
 end

@@ -31,13 +31,13 @@ function _M.record(listeners)
     if not shared then
         return -- logged once at start (the hook)
     end
-    local source, err = hop.bind(shared, ngx.var.remote_addr .. " " .. ngx.var.remote_port, 0)
+    local ctx = ngx.ctx
+    local source, err = hop.bind(shared, ngx.var.remote_addr .. " " .. ngx.var.remote_port, 0, ctx.amesh_hop_source)
+    ctx.amesh_hop_source = source
     if not source then
         -- the hop leaves from Istio's 127.0.0.6 then, and the client stays unknown behind it (fail closed)
         ngx.log(ngx.WARN, "amesh: client address not handed to the inbound listener: ", err)
-        return
     end
-    ngx.ctx.amesh_hop_source = source
 end
 
 function _M.release()

@@ -30,7 +30,9 @@ function _M.divert(labels, origin_port)
     end
     local dict = ngx.shared[DICT]
     local record = table.concat({ ip, port, labels["amesh.sni"] or "", labels["amesh.san"] or "" }, "\t")
-    local source, err = hop.bind(dict, record, RECORD_TTL)
+    local ctx = ngx.ctx
+    local source, err = hop.bind(dict, record, RECORD_TTL, ctx.amesh_divert_source)
+    ctx.amesh_divert_source = source
     if not source then
         return nil, err
     end
