@@ -111,20 +111,30 @@ def http_from(ns: str, host: str, port: int, *, host_header: str, method: str = 
               headers: dict | None = None, uid: int | None = None) -> tuple[int, str]:
     """One HTTP request from a process in namespace `ns` (as `uid`, if given): (status, body), or (0, why)
     when the connection was closed or reset without an answer."""
+    return http_exchanges_from(ns, host, port, host_header=host_header, method=method, path=path,
+                               headers=headers, uid=uid)[0]
+
+
+def http_exchanges_from(ns: str, host: str, port: int, *, host_header: str, method: str = "GET", path: str = "/",
+                        headers: dict | None = None, uid: int | None = None, count: int = 1) -> list[tuple[int, str]]:
+    """`count` requests on one kept-alive connection from a process in namespace `ns` (as `uid`, if given):
+    (status, body) each; the first closed or reset exchange gives (0, why) and ends the list."""
     drop = f"os.setgroups([]); os.setgid({uid}); os.setuid({uid})\n" if uid is not None else ""
-    script = ("import http.client, os, sys, encodings.idna\n"  # idna: imported before the uid may lose access
+    script = ("import http.client, json, os, sys, encodings.idna\n"  # idna: imported before the uid may lose access
               + drop +
+              "out = []\n"
               "try:\n"
               f"    c = http.client.HTTPConnection({host!r}, {port}, timeout=5)\n"
-              f"    c.request({method!r}, {path!r}, headers=dict({{'Host': {host_header!r}}}, **{headers or {}!r}))\n"
-              "    r = c.getresponse(); sys.stdout.write(str(r.status) + '\\n' + r.read().decode())\n"
+              f"    for _ in range({count}):\n"
+              f"        c.request({method!r}, {path!r}, headers=dict({{'Host': {host_header!r}}}, **{headers or {}!r}))\n"
+              "        r = c.getresponse(); out.append((r.status, r.read().decode()))\n"
               "except (OSError, http.client.HTTPException) as e:\n"
-              "    sys.stdout.write('0\\n' + type(e).__name__)\n")
+              "    out.append((0, type(e).__name__))\n"
+              "sys.stdout.write(json.dumps(out))\n")
     out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", script],
                          capture_output=True, text=True, timeout=20)
     assert out.returncode == 0, out.stderr
-    status, _, body = out.stdout.partition("\n")
-    return int(status), body
+    return [tuple(exchange) for exchange in json.loads(out.stdout)]
 
 
 def tcp_from(ns: str, port: int, payload: bytes, *, source: str = "127.0.0.1", host: str = "127.0.0.1") -> bytes:
