@@ -17,9 +17,9 @@ A match tree node is one of `{"any": true}`, `{"and": [..]}`, `{"or": [..]}`, `{
 `{"header": name, "string": SM | "present": bool, "invert": bool, "missing_empty": bool}`,
 `{"path": SM}`, `{"port": n}`, `{"port_range": [start, end)}`, `{"source_ip": cidr}` (the client's
 connection; behind the inbound front the address it handed over, lua/amesh/inbound_client.lua),
-`{"remote_ip": cidr}` (HTTP: the last X-Forwarded-For address, else the client's), `{"destination_ip": cidr}`, `{"authenticated": SM | {}}` (the mTLS peer's SPIFFE id: its verified client
-certificate's URI SAN; `{}` any authenticated peer; a plaintext connection has none), or
-`{"unknown": why}`; SM is `{"exact"|"prefix"|"suffix"|"contains"|
+`{"remote_ip": cidr}` (HTTP: the last X-Forwarded-For address, else the client's), `{"destination_ip": cidr}`,
+`{"authenticated": SM | {}}` (the mTLS peer's SPIFFE id: its verified client certificate's URI SAN; `{}` any
+authenticated peer; a plaintext connection has none), or `{"unknown": why}`; SM is `{"exact"|"prefix"|"suffix"|"contains"|
 "regex": s, "ignore_case": bool}`. The plugin evaluates in three-valued logic: an `unknown` node (a
 matcher it cannot evaluate) is neither true nor false, and a policy whose result is unknown counts as
 matching in DENY (it might match: denied) and as not matching in ALLOW (it cannot allow). So the sidecar

@@ -140,4 +140,5 @@ def test_auto_mtls_with_some_endpoints_only_marks_them():
     assert schemas.check("upstream", upstream) == [] and schemas.check("stream_route", route) == []
     # without a workload certificate the sidecar's endpoint is refused: reported as denied
     bare = Translator(pod_ips=("10.244.0.10",)).load(resources).report()
-    assert [e.resource for e in bare.entries if e.effect == "denied"] == ["outbound|27017||mongodb.default.svc.cluster.local"]
+    assert [e.resource for e in bare.entries if e.effect == "denied"] == [
+        "outbound|27017||mongodb.default.svc.cluster.local"]

@@ -55,11 +55,13 @@ function _M.verify()
         return proxy_verify.set_verify_result(peer_check.OK) -- not Istio mTLS: unverified, as before
     end
     if state.refuse then
-        return peer_check.refuse(peer_check.APPLICATION_VERIFICATION, "no client certificate to present: " .. state.refuse)
+        return peer_check.refuse(peer_check.APPLICATION_VERIFICATION,
+                                 "no client certificate to present: " .. state.refuse)
     end
     local result = proxy_verify.get_verify_result()
     if result ~= peer_check.OK then
-        return peer_check.refuse(result, "upstream certificate not issued by the mesh root (X509 error " .. result .. ")")
+        return peer_check.refuse(result,
+                                 "upstream certificate not issued by the mesh root (X509 error " .. result .. ")")
     end
     return peer_check.identity(state.sans) -- OpenSSL verified the chain (the trusted store of after_access)
 end
