@@ -156,7 +156,10 @@ def _stream(blob: dict, classes: dict, translator_cls) -> dict:
     with translator.bulk():  # as the agent's pipeline applies a first sync (collector paused)
         for kind in ("clusters", "endpoints", "listeners", "route_configs"):
             for raw in blob[kind]:
-                setters[kind](classes[kind].FromString(raw))
+                if kind == "route_configs":  # with its bytes, as the pipeline hands them
+                    translator.set_route_config(classes[kind].FromString(raw), raw)
+                else:
+                    setters[kind](classes[kind].FromString(raw))
     doc = translator.document()
     translator.report()
     return {"stream_s": time.perf_counter() - started, "stream_cpu_s": time.process_time() - cpu,

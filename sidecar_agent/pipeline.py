@@ -35,6 +35,8 @@ import contextlib
 import gc
 import logging
 import time
+from itertools import compress, count, islice
+from operator import is_not
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,7 +50,7 @@ from sidecar_agent.sink.pusher import Document, Pusher
 from sidecar_agent.store import EMPTY, Resource, Snapshot
 from sidecar_agent.translate.index import SmallSets, among
 from sidecar_agent.xds import kinds
-from sidecar_agent.xds.protocol import Pending
+from sidecar_agent.xds.protocol import Decoded, Pending
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class Translator(Protocol):
     def remove_endpoints(self, name: str) -> Any: ...
     def set_listener(self, listener: Message) -> Any: ...
     def remove_listener(self, name: str) -> Any: ...
-    def set_route_config(self, rc: Message) -> Any: ...
+    def set_route_config(self, rc: Message, wire: bytes | None = None) -> Any: ...
     def remove_route_config(self, name: str) -> Any: ...
     def document(self) -> Mapping[str, Any]: ...
     def report(self) -> Any: ...
@@ -215,7 +217,7 @@ class Gate:
         for key, diff in diffs.items():
             held = diff.held
             held.objects = list(diff.objects)  # a copy: the translator patches its lists in place
-            held.idents = diff.now
+            held.order, held.idents = diff.order, diff.now
             held.ids.difference_update(diff.removed_ids)
             held.ids.update(diff.added_ids)
             if held.objects:
@@ -233,6 +235,7 @@ class Gate:
 
 
 _REF_KEYS = ("routes", "services", "stream_routes")
+_FEW_MOVED = 64  # beyond, the set differences are as cheap
 
 
 class _Held:
@@ -241,23 +244,48 @@ class _Held:
 
     def __init__(self) -> None:
         self.objects: list = []
+        self.order: list[int] = []  # their id()s, in order
         self.idents: set[int] = set()
         self.ids: set = set()
 
 
 class _Diff:
-    """One list of a document against the one held, by object identity."""
+    """One list of a document against the one held, by object identity. The translator patches its
+    lists in place, so a route change mostly leaves a list's length and order as they were: the objects
+    that came and went are then found by position (`is not`, a C pass, no hashing) and the set of id()s
+    patched; otherwise by set differences of id()s, taken once per list and kept in order (6,000 upstreams
+    at 1,000 services, one route change: 1.6 -> 0.4 ms; benchmarks/agent.py "one route change")."""
 
     def __init__(self, objects, held: _Held) -> None:
         self.held = held
         self.objects = objects
-        self.now = set(map(id, objects))
-        came, gone = self.now - held.idents, held.idents - self.now
-        self.added = list(among(objects, came)) if came else []
-        self.removed = list(among(held.objects, gone)) if gone else []
+        if not self._in_place(objects, held):
+            self.order = list(map(id, objects))
+            self.now = set(self.order)
+            came, gone = self.now - held.idents, held.idents - self.now
+            self.added = list(compress(objects, map(came.__contains__, self.order))) if came else []
+            self.removed = list(compress(held.objects, map(gone.__contains__, held.order))) if gone else []
         self.removed_ids = {obj.get("id") for obj in self.removed}
         self.added_ids = [obj.get("id") for obj in self.added]
         self._added_set = set(self.added_ids)
+
+    def _in_place(self, objects, held: _Held) -> bool:
+        """The same length and at most _FEW_MOVED positions holding another object: those positions'
+        objects came and went (an object moved shows as both, which checks it again and changes nothing)."""
+        before = held.objects
+        if len(objects) != len(before):
+            return False
+        where = list(islice(compress(count(), map(is_not, objects, before)), _FEW_MOVED + 1))
+        if len(where) > _FEW_MOVED:
+            return False
+        self.added = [objects[i] for i in where]
+        self.removed = [before[i] for i in where]
+        self.order = held.order.copy()
+        for i in where:
+            self.order[i] = id(objects[i])
+        self.now = held.idents.difference(map(id, self.removed))
+        self.now.update(map(id, self.added))  # an added object held elsewhere too: fewer ids, a duplicate
+        return True
 
     def holds(self, oid) -> bool:
         """Does the list now hold an object with this id."""
@@ -347,16 +375,16 @@ class Pipeline:
             self._partial = asyncio.get_running_loop().call_later(self.partial_timeout, self._publish_partial)
 
     # -- applying a snapshot to the translator, all or nothing ----------------------------------
-    def _advance(self, target: Snapshot, kind: kinds.Kind | None, decoded: Mapping[str, Message]) -> None:
+    def _advance(self, target: Snapshot, kind: kinds.Kind | None, decoded: Mapping[str, Decoded]) -> None:
         applied: list[Change] = []
         todo = changes(self.held, target)
         try:
             bulk = len(todo) >= BULK_CHANGES
             with self._bulk() if bulk else contextlib.nullcontext():
                 for change in todo:
-                    message = decoded.get(change.name) if change.kind is kind else None
+                    fresh = decoded.get(change.name) if change.kind is kind else None
                     applied.append(change)  # first: a setter that fails halfway is undone too
-                    self._apply(change.kind, change.name, change.after, message)
+                    self._apply(change.kind, change.name, change.after, fresh)
                 if not target.complete():
                     body = merged = None
                 elif not todo and self._body is not None:
@@ -392,12 +420,18 @@ class Pipeline:
             raise Refused("; ".join(problems[:5]) + more)
         return merged
 
-    def _apply(self, kind: kinds.Kind, name: str, resource: Resource | None, message: Message | None) -> None:
+    def _apply(self, kind: kinds.Kind, name: str, resource: Resource | None, fresh: Decoded | None) -> None:
         setter, remover = _METHODS[kind]
         if resource is None:
             getattr(self.translator, remover)(name)
+            return
+        if fresh is None:
+            wire = resource.value
+            fresh = Decoded(kinds.parse(kind, wire), wire)
+        if kind is kinds.RDS:  # the one setter that reads the bytes too (the changed virtual hosts)
+            self.translator.set_route_config(fresh.message, fresh.wire)
         else:
-            getattr(self.translator, setter)(message if message is not None else resource.message(kind))
+            getattr(self.translator, setter)(fresh.message)
 
     def _undo(self, applied: list[Change]) -> None:
         try:

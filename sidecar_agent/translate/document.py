@@ -229,10 +229,12 @@ class Translator:
             touched |= self._invalidate(cluster)
         return touched
 
-    def set_route_config(self, rc) -> set[str]:
+    def set_route_config(self, rc, wire: bytes | None = None) -> set[str]:
+        """`wire`: the bytes `rc` was parsed from, if the caller has them (they find the unchanged virtual
+        hosts without serializing `rc` again)."""
         # Virtual hosts unchanged since the last version are reused: their routes are the same objects.
         new = translate_route_config(rc, self._route_sets.get(rc.name), self._websocket(rc.name),
-                                     self._dp_base.mirror_port)
+                                     self._dp_base.mirror_port, wire)
         return self._swap_route_set(rc.name, new)
 
     def remove_route_config(self, name: str) -> set[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -30,8 +31,17 @@ from sidecar_agent.xds import kinds
 _INVALID_ARGUMENT = 3  # google.rpc.Code
 # Decoded messages handed on with a response, in wire bytes. A decoded message takes several times its
 # wire size, so a 10,000-service initial CDS would otherwise sit in memory twice over; beyond this the
-# pipeline decodes again from the bytes (a route change at 1,000 services is ~1.3 MB: well within).
+# pipeline decodes again from the bytes (a route change at 1,000 services is ~1.3 MB: well within). Each
+# is handed on with its bytes (`Decoded`), which add their own size once more.
 DECODED_BUDGET = 8 * 1024 * 1024
+
+
+class Decoded(NamedTuple):
+    """A resource of a response, decoded, with the bytes it was decoded from (the translator can use
+    them instead of serializing the message again)."""
+
+    message: Message
+    wire: bytes
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,7 @@ class Pending:
     subscriptions: Mapping[kinds.Kind, frozenset[str]] = field(default_factory=dict)
     # The resources of this response that are new or changed, decoded (unchanged ones were recognised
     # by their bytes and never decoded); dropped with the Pending, so messages are never held long.
-    decoded: Mapping[str, Message] = field(default_factory=dict)
+    decoded: Mapping[str, Decoded] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -162,10 +172,10 @@ class AdsSession:
         version = self.snapshot.version(kind) if kind else ""
         return Rejected(type_url, error, (self._request(type_url, version, error),))
 
-    def _decode(self, kind: kinds.Kind, response) -> tuple[dict[str, Resource], dict[str, Message]]:
+    def _decode(self, kind: kinds.Kind, response) -> tuple[dict[str, Resource], dict[str, Decoded]]:
         held = self.snapshot.state(kind).by_digest
         out: dict[str, Resource] = {}
-        decoded: dict[str, Message] = {}
+        decoded: dict[str, Decoded] = {}
         budget = DECODED_BUDGET
         for packed in response.resources:
             value = kinds.payload(kind, packed)
@@ -179,7 +189,7 @@ class AdsSession:
                 resource = resource_of(kind, value, message, codec, digest)
                 if len(value) <= budget:
                     budget -= len(value)
-                    decoded[resource.name] = message
+                    decoded[resource.name] = Decoded(message, value)
             if resource.name in out:
                 raise kinds.MalformedResource(f"{kind.short}: duplicate resource name {resource.name!r}")
             out[resource.name] = resource

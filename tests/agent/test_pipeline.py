@@ -37,10 +37,10 @@ class Spy(Translator):
         if name.startswith(("set_", "remove_")) and not name.startswith("_"):
             calls = super().__getattribute__("calls")
 
-            def recorded(arg):
+            def recorded(arg, *more):
                 calls.append((name, arg if isinstance(arg, str) else getattr(arg, "name", "")
                               or getattr(arg, "cluster_name", "")))
-                return value(arg)
+                return value(arg, *more)
             return recorded
         return value
 
@@ -288,3 +288,68 @@ def test_gate_rechecks_only_new_routes_until_an_upstream_goes_away():
     assert gate({"upstreams": [u1], "routes": [r1, r2]}) == ["routes/r2: upstream 'u2' does not exist"]
     assert gate({"upstreams": [u1, u1], "routes": [r1]}) == ["upstreams/u1: duplicate id"]
     assert gate({"upstreams": [u1], "routes": [r1]}) == []
+
+
+def test_gate_finds_in_place_changes_by_position():
+    from sidecar_agent.pipeline import Gate
+
+    gate = Gate()
+    u1, u2, u3 = {"id": "u1"}, {"id": "u2"}, {"id": "u3"}
+    r1, r2 = {"id": "r1", "upstream_id": "u1"}, {"id": "r2", "upstream_id": "u2"}
+    assert gate({"upstreams": [u1, u2], "routes": [r1, r2]}) == []
+    # same length, one position holding another upstream: the route naming the one gone is caught
+    assert gate({"upstreams": [u1, u3], "routes": [r1, r2]}) == ["routes/r2: upstream 'u2' does not exist"]
+    # the very object held at another position, or a new one with a held id: duplicates
+    gone = "routes/r2: upstream 'u2' does not exist"
+    assert gate({"upstreams": [u1, u1], "routes": [r1, r2]}) == ["upstreams/u1: duplicate id", gone]
+    assert gate({"upstreams": [u1, {"id": "u1"}], "routes": [r1, r2]}) == ["upstreams/u1: duplicate id", gone]
+    assert gate({"upstreams": [u1, u2], "routes": [r1, r1]}) == ["routes/r1: duplicate id"]
+    # two positions swapped: accepted; what is held afterwards is still checked right
+    assert gate({"upstreams": [u2, u1], "routes": [r2, r1]}) == []
+    assert gate({"upstreams": [u2, u3], "routes": [r2, r1]}) == ["routes/r1: upstream 'u1' does not exist"]
+    assert gate({"upstreams": [u2, u3], "routes": [r2, {"id": "r1", "upstream_id": "u3"}]}) == []
+
+
+def test_gate_agrees_with_the_whole_check_over_random_edits():
+    """Whatever the edits (in place, moved, added, removed, duplicated), the gate refuses exactly the
+    documents the whole-document check finds a problem in."""
+    import random
+
+    from sidecar_agent.pipeline import Gate
+
+    rng = random.Random(12)
+    gate = Gate()
+    upstreams = [{"id": f"u{i}"} for i in range(30)]
+    routes = [{"id": f"r{i}", "upstream_id": f"u{i}"} for i in range(30)]
+    assert gate({"upstreams": upstreams, "routes": routes}) == []
+    refused = accepted = 0
+    for _ in range(600):
+        ups, rts = list(upstreams), list(routes)  # candidates start from the last accepted lists
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            target, pool = rng.choice(((ups, "u"), (rts, "r")))
+            i = rng.randrange(len(target))
+            edit = rng.choice(("replace", "swap", "insert", "delete", "copy", "same-id"))
+            if edit == "replace" and pool == "u":
+                target[i] = {"id": f"u{rng.randrange(40)}"}
+            elif edit == "replace":
+                target[i] = {"id": f"r{rng.randrange(40)}", "upstream_id": f"u{rng.randrange(40)}"}
+            elif edit == "swap":
+                j = rng.randrange(len(target))
+                target[i], target[j] = target[j], target[i]
+            elif edit == "insert":
+                target.insert(i, dict(target[rng.randrange(len(target))], id=f"{pool}{rng.randrange(40, 45)}"))
+            elif edit == "delete" and len(target) > 2:
+                del target[i]
+            elif edit == "copy":
+                target[i] = target[rng.randrange(len(target))]
+            elif edit == "same-id":
+                target[i] = dict(target[i])
+        document = {"upstreams": ups, "routes": rts}
+        problems = gate(document)
+        assert bool(problems) == bool(inconsistencies(document)), (problems, inconsistencies(document))
+        if problems:
+            refused += 1
+        else:
+            accepted += 1
+            upstreams, routes = ups, rts
+    assert refused > 50 and accepted > 50  # both verdicts exercised

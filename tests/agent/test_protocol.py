@@ -164,6 +164,8 @@ def test_unchanged_bytes_are_recognised_not_decoded_again():
     again = session.receive(response(kinds.CDS, "c2", "2", [a, b2]))
     # State of the world sends both; only "b" changed, so only "b" was decoded and is a new Resource.
     assert set(again.decoded) == {"b"}
+    # handed on with the bytes it came in: the very bytes of the Resource held
+    assert again.decoded["b"].message == b2 and again.decoded["b"].wire == again.snapshot.items(kinds.CDS)["b"].value
     assert again.snapshot.items(kinds.CDS)["a"] is held["a"]
     assert again.snapshot.items(kinds.CDS)["b"] is not held["b"]
     assert again.snapshot.items(kinds.CDS)["b"].message(kinds.CDS) == b2
