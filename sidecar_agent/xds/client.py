@@ -119,6 +119,17 @@ def refusal(exc: BaseException) -> str | None:
     return None
 
 
+async def _send(call, request) -> None:
+    """Write one request. A stream istiod has already ended (a refused token closes it at once) makes
+    grpc raise InvalidStateError on the write; its status is the error to report, as a read gives it."""
+    try:
+        await call.write(request)
+    except asyncio.InvalidStateError:
+        if await call.read() is grpc.aio.EOF:  # raises the AioRpcError of a stream ended in error
+            raise _StreamEnded("server closed the stream") from None
+        raise
+
+
 Decide = Callable[[Pending], Awaitable[str | None]]
 Accepted = Callable[[Snapshot], Awaitable[None]]
 
@@ -143,7 +154,7 @@ class AdsClient:
                     stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
                     call = stub.StreamAggregatedResources()
                     for request in self.session.start():
-                        await call.write(request)
+                        await _send(call, request)
                     self.observer.connected()
                     while True:
                         response = await call.read()
@@ -157,7 +168,7 @@ class AdsClient:
                         if big:
                             memory.release_free_memory()
                         for request in requests:
-                            await call.write(request)
+                            await _send(call, request)
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, _StreamEnded, OSError) as exc:
                 reason = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
                 refused = refusal(exc)

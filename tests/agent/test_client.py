@@ -210,3 +210,26 @@ def test_tls_with_mesh_ca_and_token(mesh_ca):
             await server.stop()
 
     asyncio.run(main())
+
+
+def test_a_write_to_a_stream_istiod_already_ended_raises_its_status():
+    """istiod refusing the token ends the stream at once; a request written after that is reported with
+    the stream's status (retried, and named as a refusal), not as grpc's InvalidStateError."""
+    from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+    from sidecar_agent.xds.client import _send, refusal
+
+    async def main():
+        server = AdsServer(token="right")
+        port = await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+                assert await call.code() is grpc.StatusCode.UNAUTHENTICATED  # ended before any write
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    await _send(call, discovery_pb2.DiscoveryRequest(type_url=kinds.CDS.type_url))
+                assert refusal(ended.value).startswith("UNAUTHENTICATED")
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
