@@ -293,10 +293,11 @@ def test_istio_alpn_survives_a_reload(world):
     apisix = world["apisix"]
     before = {pid for pid in _workers(apisix)}
     os.kill(apisix.proc.pid, signal.SIGHUP)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and (not _workers(apisix) or _workers(apisix) & before):
+    deadline, now = time.monotonic() + 15, _workers(apisix)
+    while time.monotonic() < deadline and (not now or now & before):
         time.sleep(0.1)
-    assert _workers(apisix) and not _workers(apisix) & before, "no new workers after the reload"
+        now = _workers(apisix)
+    assert now and not now & before, f"no new workers after the reload: {now} (before: {before})"
     status, seen = get(world, "mesh")
     assert status == 200 and seen["alpn"] == ["istio-http/1.1", "istio", "http/1.1"], seen
     assert tcp(world, "mesh")["alpn"] == ["istio-peer-exchange", "istio"]
@@ -304,13 +305,16 @@ def test_istio_alpn_survives_a_reload(world):
 
 
 def _workers(apisix) -> set[int]:
-    """PIDs of the APISIX master's live worker processes (not those of a reload shutting down)."""
-    out = set()
-    for child in Path(f"/proc/{apisix.proc.pid}/task/{apisix.proc.pid}/children").read_text().split():
+    """PIDs of the APISIX master's live worker processes (not those of a reload shutting down). Found by
+    their parent in /proc/*/stat: the master's task `children` file can miss children while others exit,
+    as the old workers do during a reload (proc(5))."""
+    out, master = set(), apisix.proc.pid
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            title = Path(f"/proc/{child}/cmdline").read_bytes()
-        except OSError:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            title = (stat.parent / "cmdline").read_bytes() if ppid == master else b""
+        except (OSError, IndexError, ValueError):
             continue
         if title.startswith(b"nginx: worker process") and b"shutting down" not in title:
-            out.add(int(child))
+            out.add(int(stat.parent.name))
     return out
