@@ -35,10 +35,10 @@ import contextlib
 import gc
 import logging
 import time
-from itertools import compress, count, islice
-from operator import is_not
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import compress, count, islice
+from operator import is_not
 from typing import Any, Protocol
 
 from google.protobuf.message import Message
