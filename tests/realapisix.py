@@ -456,6 +456,18 @@ class Apisix:
 
 
 @contextlib.contextmanager
+def files_for_apisix(prefix: str) -> Iterator[Path]:
+    """A fresh directory APISIX (UID 1337) can read below /tmp (pytest's own are private to root), for
+    certificates and keys; removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        base.chmod(0o755)
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def running(config_yaml: str, **kwargs: Any) -> Iterator[Apisix]:
     instance = Apisix(config_yaml, **kwargs)
     try:

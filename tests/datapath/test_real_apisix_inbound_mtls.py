@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -102,8 +101,11 @@ print(json.dumps(out))
 def pod(captured_pod):
     realapisix.skip_unless_available()
     network = captured_pod
-    base = Path(tempfile.mkdtemp(prefix="amesh-inbound-mtls-"))
-    base.chmod(0o755)  # APISIX (UID 1337) reads the certificate below it
+    with realapisix.files_for_apisix("amesh-inbound-mtls-") as base:
+        yield from _pod(network, base)
+
+
+def _pod(network, base: Path):
     mesh, forger = Pki(base / "mesh"), Pki(base / "forger")
     cert_dir = base / "istio"
     install(cert_dir, mesh.issued(POD_ID))

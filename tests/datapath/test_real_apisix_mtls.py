@@ -61,11 +61,12 @@ class MtlsServer:
     request with what it saw (client URI SANs, SNI) as JSON and closes."""
 
     def __init__(self, ns: str, port: int, chain: bytes, key: bytes, client_root: Path | None) -> None:
-        files = Path(tempfile.mkdtemp(prefix="amesh-mtls-server-"))
-        (files / "chain.pem").write_bytes(chain)
-        (files / "key.pem").write_bytes(key)
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(files / "chain.pem", files / "key.pem")
+        with tempfile.TemporaryDirectory(prefix="amesh-mtls-server-") as tmp:  # read once, then removed
+            files = Path(tmp)
+            (files / "chain.pem").write_bytes(chain)
+            (files / "key.pem").write_bytes(key)
+            self.ctx.load_cert_chain(files / "chain.pem", files / "key.pem")
         if client_root is not None:
             self.ctx.load_verify_locations(client_root)
             self.ctx.verify_mode = ssl.CERT_REQUIRED
@@ -106,8 +107,11 @@ def _plaintext(conn: socket.socket) -> None:
 @pytest.fixture(scope="module")
 def world():
     realapisix.skip_unless_available()
-    base = Path(tempfile.mkdtemp(prefix="amesh-mtls-"))
-    os.chmod(base, 0o755)
+    with realapisix.files_for_apisix("amesh-mtls-") as base:
+        yield from _world(base)
+
+
+def _world(base: Path):
     mesh, forger = Pki(base / "mesh"), Pki(base / "forger")
     cert_dir = base / "istio"  # what the agent writes under <prefix>/conf/istio
     install(cert_dir, mesh.issued(CLIENT_ID))
