@@ -152,7 +152,7 @@ def _stream(blob: dict, classes: dict, translator_cls) -> dict:
     started, cpu = time.perf_counter(), time.process_time()
     translator = translator_cls()
     setters = {"clusters": translator.set_cluster, "endpoints": translator.set_endpoints,
-               "listeners": translator.set_listener, "route_configs": translator.set_route_config}
+               "listeners": translator.set_listener}
     with translator.bulk():  # as the agent's pipeline applies a first sync (collector paused)
         for kind in ("clusters", "endpoints", "listeners", "route_configs"):
             for raw in blob[kind]:

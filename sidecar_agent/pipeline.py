@@ -263,8 +263,8 @@ class _Diff:
             self.order = list(map(id, objects))
             self.now = set(self.order)
             came, gone = self.now - held.idents, held.idents - self.now
-            self.added = list(compress(objects, map(came.__contains__, self.order))) if came else []
-            self.removed = list(compress(held.objects, map(gone.__contains__, held.order))) if gone else []
+            self.added = list(among(objects, came, self.order)) if came else []
+            self.removed = list(among(held.objects, gone, held.order)) if gone else []
         self.removed_ids = {obj.get("id") for obj in self.removed}
         self.added_ids = [obj.get("id") for obj in self.added]
         self._added_set = set(self.added_ids)
