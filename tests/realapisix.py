@@ -384,6 +384,22 @@ class Apisix:
                 parts.append(path.read_text(errors="replace")[-4000:])
         return "\n".join(parts)
 
+    def processes(self, title: bytes = b"nginx: ") -> set[int]:
+        """PIDs of the master's live children whose title starts with `title` (workers: b"nginx: worker
+        process"; the privileged agent too with the default), not those of a reload shutting down. Found
+        by their parent in /proc/*/stat: the master's task `children` file can miss children while others
+        exit, as the old workers do during a reload (proc(5))."""
+        out, master = set(), self.proc.pid
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (stat.parent / "cmdline").read_bytes() if ppid == master else b""
+            except (OSError, IndexError, ValueError):
+                continue
+            if cmdline.startswith(title) and b"shutting down" not in cmdline:
+                out.add(int(stat.parent.name))
+        return out
+
     def errors(self) -> list[str]:
         """error-level lines of the log, without the ones every start of this build logs
         (../shared/peers/apisix/README.md "What fails")."""

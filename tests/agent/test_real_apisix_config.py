@@ -10,8 +10,11 @@ import asyncio
 import dataclasses
 import http.client
 import json
+import os
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +124,45 @@ def test_api_mode_holds_a_big_mesh_or_names_the_shared_dict(dict_mb):
             with pytest.raises(PushError, match=r"answered 500: .*no memory.*does not fit APISIX's standalone-config "
                                                 r"shared dict: raise ApisixSettings.config_dict_mb"):
                 asyncio.run(sink.push(document))
+
+
+def _cpu_seconds(pids: set[int]) -> float:
+    """User + system CPU seconds the processes `pids` have used (proc(5) stat fields 14 and 15)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def test_api_mode_idle_apisix_leaves_the_configuration_alone_and_still_follows_pushes():
+    """APISIX 3.18 polls the standalone-config dict once a second in every Lua VM (each worker's http and
+    stream VM, the privileged agent) and decodes the whole configuration to read one field: with this 12 MB
+    document ~0.15 s per VM and second, at 10,000 services more than a second, so nothing else runs. The
+    hook's version gate (amesh.standalone_poll) keeps an idle APISIX idle; a later push still reaches the
+    http VMs (update event) and the stream VMs, which only the poll tells."""
+    realapisix.skip_unless_available()
+    settings, data_path = realapisix.settings(Mode.API, outbound_http_ports=(9080,))
+    internal = internal_ports(data_path)[(Direction.OUTBOUND, 9080)]
+    big = _big_document(12)
+    tcp_hop = {"id": "us-internal", "type": "roundrobin", "scheme": "tcp",
+               "nodes": [{"host": "127.0.0.1", "port": internal, "weight": 1}]}
+    document = dict(big, stream_routes=[{"id": "s-local", "remote_addr": "127.0.0.1", "upstream_id": "us-internal"}],
+                    upstreams=big["upstreams"] + [tcp_hop])
+    with realapisix.running(render_yaml(settings, data_path)) as apisix:
+        sink = AdminApiSink(apisix.admin_url, settings.admin_key)
+        listener, front = apisix.forward(internal), apisix.forward(settings.outbound_port)
+        asyncio.run(sink.push(document))
+        apisix.wait_for(lambda: get(listener)[0] == 200 and _get_or_none(front) == 200)
+        time.sleep(2)  # each VM's poll has seen the push once
+        processes = apisix.processes()
+        assert len(processes) == 2, processes  # the worker and the privileged agent
+        before = _cpu_seconds(processes)
+        time.sleep(3)
+        used = _cpu_seconds(processes) - before
+        assert used < 0.2, f"idle APISIX used {used:.2f} s CPU in 3 s: the poll decodes the configuration"
+
+        # the route and the stream route go: both subsystems follow
+        asyncio.run(sink.push(dict(big, upstreams=big["upstreams"] + [tcp_hop], routes=[])))
+        apisix.wait_for(lambda: get(listener)[0] == 404 and _get_or_none(front) is None)
+        assert not apisix.errors(), apisix.log()

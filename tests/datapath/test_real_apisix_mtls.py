@@ -295,30 +295,14 @@ def test_istio_alpn_survives_a_reload(world):
     """The agent reloads APISIX (SIGHUP) when config.yaml changes: the new workers, on nginx's new cycle, set
     Istio's ALPN again in their init (amesh.alpn walks the cycle they run in)."""
     apisix = world["apisix"]
-    before = {pid for pid in _workers(apisix)}
+    before = {pid for pid in apisix.processes(b"nginx: worker process")}
     os.kill(apisix.proc.pid, signal.SIGHUP)
-    deadline, now = time.monotonic() + 15, _workers(apisix)
+    deadline, now = time.monotonic() + 15, apisix.processes(b"nginx: worker process")
     while time.monotonic() < deadline and (not now or now & before):
         time.sleep(0.1)
-        now = _workers(apisix)
+        now = apisix.processes(b"nginx: worker process")
     assert now and not now & before, f"no new workers after the reload: {now} (before: {before})"
     status, seen = get(world, "mesh")
     assert status == 200 and seen["alpn"] == ["istio-http/1.1", "istio", "http/1.1"], seen
     assert tcp(world, "mesh")["alpn"] == ["istio-peer-exchange", "istio"]
     assert not any("Istio ALPN not set" in line for line in apisix.errors())
-
-
-def _workers(apisix) -> set[int]:
-    """PIDs of the APISIX master's live worker processes (not those of a reload shutting down). Found by
-    their parent in /proc/*/stat: the master's task `children` file can miss children while others exit,
-    as the old workers do during a reload (proc(5))."""
-    out, master = set(), apisix.proc.pid
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            title = (stat.parent / "cmdline").read_bytes() if ppid == master else b""
-        except (OSError, IndexError, ValueError):
-            continue
-        if title.startswith(b"nginx: worker process") and b"shutting down" not in title:
-            out.add(int(stat.parent.name))
-    return out

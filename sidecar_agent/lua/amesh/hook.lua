@@ -47,6 +47,15 @@ if not ngx.shared[inbound_client.DICT] then
             "front stays unknown")
 end
 
+-- API-driven standalone mode: the once-a-second poll reads a version, not the whole configuration
+local standalone_poll = require("amesh.standalone_poll")
+if ngx.shared[standalone_poll.DICT] then
+    local ok, err = standalone_poll.install()
+    if not ok then
+        ngx.log(ngx.ERR, "amesh: every Lua VM decodes the whole configuration once a second: ", err)
+    end
+end
+
 local function original()
     local addr, port = origdst.get()
     if addr then
