@@ -500,8 +500,7 @@ class Translator:
         return upstreams
 
     def _assemble_upstreams(self) -> list[dict]:
-        wanted = {self._plain.get(name) or UpstreamRef(name) for name in self._clusters}
-        wanted.update(UpstreamRef(r["name"].split("/", 1)[1]) for r in self._fallback_routes())
+        wanted = {UpstreamRef(r["name"].split("/", 1)[1]) for r in self._fallback_routes()}
         wanted.update(ref for ref, count in self._refs.items() if count > 0)
         pairs = []
         for ref in wanted:
@@ -525,8 +524,7 @@ class Translator:
         if self._refs.get(ref, 0) > 0:
             return True
         if ref.policy == upstream_mod.DEFAULT_POLICY:
-            return ref.cluster in self._clusters or any(
-                r["upstream_id"] == ref.id for r in self._fallback_routes())
+            return any(r["upstream_id"] == ref.id for r in self._fallback_routes())
         return False
 
     def _reassemble(self) -> None:
@@ -560,6 +558,16 @@ class Translator:
         if ref.cluster in PASSTHROUGH_CLUSTERS:
             route["plugins"] = {datapath.PASSTHROUGH_PLUGIN: {}}
         return [route]
+
+    def cluster_upstream(self, name: str) -> dict:
+        """Cluster `name`'s plain upstream (no route's policy), as a document holds it while a route or a
+        TCP service sends to the cluster as it is. Documents hold only referenced upstreams (an Istio
+        sidecar's routes mostly carry a retry policy, so most plain upstreams are referenced by nothing):
+        this is for diagnostics and tests. Built anew, not kept."""
+        cluster = self._clusters.get(name)
+        part = cluster[0] if cluster else None
+        ref = self._plain.get(name) or UpstreamRef(name)
+        return self._upstreams.get(ref) or upstream_mod.build(ref, part, self._endpoints_of(part))
 
     def report(self) -> Report:
         with _bulk():
@@ -710,18 +718,20 @@ class Translator:
         for ref in refs:
             self._upstreams.pop(ref, None)
         self._pending_upstreams.update(refs)
-        return {ref.id for ref in refs}
+        return {ref.id for ref in refs if self._wanted(ref)}
 
     def _build(self, ref: UpstreamRef) -> dict:
         cluster = self._clusters.get(ref.cluster)
         part = cluster[0] if cluster else None
-        endpoints = None
-        if part is not None and part.eds_name:
-            found = self._endpoints.get(part.eds_name)
-            endpoints = found[0] if found else None
-        built = upstream_mod.build(ref, part, endpoints)
+        built = upstream_mod.build(ref, part, self._endpoints_of(part))
         self._upstreams[ref] = built
         return built
+
+    def _endpoints_of(self, part):
+        if part is None or not part.eds_name:
+            return None
+        found = self._endpoints.get(part.eds_name)
+        return found[0] if found else None
 
 
 def _route_key(route: dict) -> str:

@@ -501,14 +501,13 @@ def test_load_balancing_policies():
     _, v3 = upstream_for(name, req("reviews:9080"))
     assert cluster_of(v3) == cluster("reviews", "v3")
     assert (v3["type"], v3["hash_on"], v3["key"]) == ("chash", "cookie", "user")
-    doc = scenario(name)[1]
-    by_cluster = {}
-    for u in doc["upstreams"]:
-        by_cluster.setdefault(cluster_of(u), []).append(u)
+    # no route sends to v1 or v2 here: their upstreams are not in the document, the clusters are translated
+    translator = Translator().load(resources_of(scenario(name)[0]))
+    assert not {cluster("reviews", "v1"), cluster("reviews", "v2")} & {cluster_of(u) for u in scenario(name)[1]["upstreams"]}
     for subset in ("v1", "v2"):
-        assert {u["type"] for u in by_cluster[cluster("reviews", subset)]} == {"roundrobin"}  # LEAST_REQUEST: see translate/cluster.py
+        assert translator.cluster_upstream(cluster("reviews", subset))["type"] == "roundrobin"  # LEAST_REQUEST: see translate/cluster.py
     # outlier detection -> passive health checks on the reviews clusters
-    assert all("passive" in (u.get("checks") or {}) for u in by_cluster[cluster("reviews", "v1")])
+    assert "passive" in translator.cluster_upstream(cluster("reviews", "v1"))["checks"]
     _, ratings = upstream_for(name, req("ratings:9080"))
     assert (ratings["type"], ratings["hash_on"], ratings["key"]) == ("chash", "header", "x-user")
     _, details = upstream_for(name, req("details:9080"))
@@ -596,19 +595,25 @@ def test_endpoint_health_priority_and_scale_to_zero():
     translator = Translator().load(resources_of(xds))
     doc = translator.document()
     check_document(doc)
-    ups = {u["name"]: u for u in doc["upstreams"]}
-    nodes = {(n["host"], n.get("priority", 0)) for n in ups[cluster("ratings")]["nodes"]}
+    routed = Router(doc["routes"]).match(req("ratings:9080"))["upstream_id"]  # Istio's retry policy: a variant
+    ups = {u["id"]: u for u in doc["upstreams"]}
+    nodes = {(n["host"], n.get("priority", 0)) for n in ups[routed]["nodes"]}
     # DRAINING and UNHEALTHY endpoints get no traffic; Envoy's priority 1 is APISIX's lower priority.
     assert nodes == {("10.244.0.12", 0), ("10.244.3.15", -1)}
-    assert ups[cluster("ratings", "v3")]["nodes"] == []  # a subset without pods: no nodes (503)
-    # Scale to zero: an empty ClusterLoadAssignment empties the upstream, no stale nodes stay.
+    assert translator.cluster_upstream(cluster("ratings"))["nodes"] == ups[routed]["nodes"]
+    assert translator.cluster_upstream(cluster("ratings", "v3"))["nodes"] == []  # a subset without pods: no nodes (503)
+    # Scale to zero: an empty ClusterLoadAssignment empties the upstream, no stale nodes stay; no upstream of
+    # the document reads it (no route sends to v1), so none is touched
     empty = next(e for e in xds.endpoints if e.cluster_name == cluster("ratings", "v1"))
-    cleared = type(empty)(cluster_name=empty.cluster_name)
-    touched = translator.set_endpoints(cleared)
-    after = {u["name"]: u for u in translator.document()["upstreams"]}
-    assert after[cluster("ratings", "v1")]["nodes"] == []
-    assert {u["id"] for u in after.values() if cluster_of(u) == cluster("ratings", "v1")} <= touched
-    assert after[cluster("ratings")]["nodes"] == ups[cluster("ratings")]["nodes"]  # others untouched
+    assert translator.cluster_upstream(cluster("ratings", "v1"))["nodes"]
+    touched = translator.set_endpoints(type(empty)(cluster_name=empty.cluster_name))
+    assert translator.cluster_upstream(cluster("ratings", "v1"))["nodes"] == [] and not touched
+    after = {u["id"]: u for u in translator.document()["upstreams"]}
+    assert after == ups  # others untouched
+    # the routed cluster's set emptied: its upstream in the document empties, and only it is touched
+    routed_set = next(e for e in xds.endpoints if e.cluster_name == cluster("ratings"))
+    assert translator.set_endpoints(type(routed_set)(cluster_name=routed_set.cluster_name)) == {routed}
+    assert {u["id"]: u for u in translator.document()["upstreams"]}[routed]["nodes"] == []
 
 
 def test_generator_rejects_bad_models(capsys):

@@ -45,8 +45,8 @@ def upstreams_of(document: dict, cluster: str) -> list[dict]:
 def test_endpoint_sets_share_node_dicts_and_upstreams_share_node_lists():
     t, _ = loaded()
     doc = t.document()
-    plain = upstreams_of(doc, "outbound|9080||svc-00001.mesh.svc.cluster.local")
-    subset = upstreams_of(doc, "outbound|9080|v1|svc-00001.mesh.svc.cluster.local")
+    plain = [t.cluster_upstream("outbound|9080||svc-00001.mesh.svc.cluster.local")]  # no route sends to it as is
+    subset = upstreams_of(doc, "outbound|9080|v2|svc-00001.mesh.svc.cluster.local")  # two routes, two policies
     assert len(plain) >= 1 and len(subset) >= 2
     assert all(u["nodes"] is subset[0]["nodes"] for u in subset)  # one list for the cluster's upstreams
     by_host = {n["host"]: n for n in plain[0]["nodes"]}
@@ -68,6 +68,7 @@ def test_an_endpoint_change_leaks_into_no_other_set_and_no_earlier_document():
     changed = [n for u in upstreams_of(after, name) for n in u["nodes"] if n["host"] == host]
     assert changed and all(n["weight"] == 7 for n in changed)
     plain = [n for u in upstreams_of(after, "outbound|9080||svc-00001.mesh.svc.cluster.local")
+             + [t.cluster_upstream("outbound|9080||svc-00001.mesh.svc.cluster.local")]
              for n in u["nodes"] if n["host"] == host]
     assert plain and all(n["weight"] != 7 for n in plain)  # the service's own set keeps its node
 

@@ -90,11 +90,21 @@ def test_timeout_fraction_and_zero():
 
 
 def test_endpoints_health_priority_and_zero():
-    doc = translated(CLUSTER, cla("10.0.0.2", "10.0.0.1", health="UNHEALTHY", priority=1)).document
-    up = next(u for u in doc["upstreams"] if u["name"] == CLUSTER["name"])
-    assert up["nodes"] == [{"host": "10.0.0.1", "port": 9080, "weight": 1, "priority": -1}]
-    empty = translated(CLUSTER, cla()).document
-    assert next(u for u in empty["upstreams"] if u["name"] == CLUSTER["name"])["nodes"] == []
+    t = Translator().load(load_config_dump([CLUSTER, cla("10.0.0.2", "10.0.0.1", health="UNHEALTHY", priority=1)]))
+    assert t.cluster_upstream(CLUSTER["name"])["nodes"] == [{"host": "10.0.0.1", "port": 9080, "weight": 1,
+                                                             "priority": -1}]
+    empty = Translator().load(load_config_dump([CLUSTER, cla()]))
+    assert empty.cluster_upstream(CLUSTER["name"])["nodes"] == []
+
+
+def test_only_referenced_upstreams_are_in_the_document():
+    """A cluster no route or TCP service sends to is translated (and reported) but costs APISIX nothing."""
+    alone = translated(CLUSTER, cla("10.0.0.1"))
+    assert alone.document["upstreams"] == [] and not alone.report.entries
+    routed = translated(CLUSTER, cla("10.0.0.1"), rc([route({"prefix": "/"})])).document
+    names = {u["name"] for u in routed["upstreams"]}
+    assert CLUSTER["name"] + " [retries=0,read_timeout=15.0]" in names  # the route's policy: a variant
+    assert CLUSTER["name"] not in names  # the plain one: no route sends to it as it is
 
 
 def test_duplicate_domains_are_invalid():
@@ -114,7 +124,7 @@ def test_incremental_eds_touches_only_its_upstreams():
     after = t.document()
     changed = {u["id"] for u in after["upstreams"]} - {json.dumps(u, sort_keys=True) and u["id"]
                                                        for u in before["upstreams"] if u in after["upstreams"]}
-    assert changed == touched and len(touched) == 2  # the plain upstream and the route's variant
+    assert changed == touched and len(touched) == 1  # the route's variant (no route sends to the plain one)
     assert after["routes"] == before["routes"]
     assert all("10.0.0.9" in json.dumps(u) for u in after["upstreams"] if u["id"] in touched)
 
