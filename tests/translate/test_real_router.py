@@ -182,3 +182,51 @@ def test_model_and_real_apisix_agree(real, name):
             checked += 1
     assert not disagreements, f"{name}: {len(disagreements)} of {checked} disagree:\n" + "\n".join(disagreements[:20])
     assert checked > 100 and ambiguous < checked // 10
+
+
+def _answering(route_id: str, hosts: list[str] | None, priority: int, **extra) -> dict:
+    answer = f"return function(conf, ctx) require('apisix.core').response.exit(200, {json.dumps(route_id)}) end"
+    return {"id": route_id, "uri": "/*", "priority": priority, **({"hosts": hosts} if hosts else {}),
+            "plugins": {"serverless-pre-function": {"phase": "access", "functions": [answer]}}, **extra}
+
+
+def test_hosts_listing_the_same_routes_share_one_sub_router_and_route_as_before():
+    """amesh.host_routers: radixtree_host_uri's per-host sub-routers are shared between hosts holding the very
+    same routes (Istio's ~6 names of a service), and every host still routes as it did: partly shared host
+    lists, a wildcard, priorities within a shared sub-router and routes without hosts."""
+    realapisix.skip_unless_available()
+    stats = ("return function(conf, ctx) require('apisix.core').response.exit(200, "
+             "require('amesh.host_routers').stats) end")
+    a_hosts = ["svc-a", "svc-a.ns", "10.96.0.1"]
+    routes = [
+        _answering("a", a_hosts, 1),
+        _answering("a-canary", a_hosts, 2, vars=[["http_x_canary", "==", "yes"]]),
+        _answering("b", ["svc-b", "shared"], 1),
+        _answering("c", ["svc-c", "shared"], 2),  # "shared" lists b and c: a list of its own
+        _answering("wild", ["*.ns"], 1),
+        _answering("any", None, 1),
+        {"id": "stats", "uri": "/*", "hosts": ["stats"],
+         "plugins": {"serverless-pre-function": {"phase": "access", "functions": [stats]}}},
+    ]
+    settings, data_path = realapisix.settings(apisix_config.Mode.FILE)
+    with realapisix.running(apisix_config.render_yaml(settings, data_path)) as apisix:
+        port = apisix.forward(apisix.conf["apisix"]["node_listen"][0]["port"])
+
+        def answer(host: str, headers: dict | None = None) -> str:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/x", headers={"Host": host, **(headers or {})})
+            response = connection.getresponse()
+            body = response.read().decode()
+            if response.status != 200:
+                return response.status
+            return json.loads(body) if body.startswith("{") else body  # response.exit sends a string as it is
+
+        apisix.load({"routes": routes}, probe=lambda: answer("svc-a") == "a")
+        expected = {"svc-a": "a", "svc-a.ns": "a", "10.96.0.1": "a", "svc-b": "b", "svc-c": "c",
+                    "shared": "c", "other.ns": "wild", "unknown": "any", "SVC-A": "a"}
+        assert {host: answer(host) for host in expected} == expected
+        assert {host: answer(host, {"x-canary": "yes"}) for host in a_hosts} == dict.fromkeys(a_hosts, "a-canary")
+        # 8 host lists (svc-a, svc-a.ns, 10.96.0.1, svc-b, shared, svc-c, *.ns, stats), the host router's and
+        # the one of routes without hosts: the three names of svc-a share one radixtree
+        assert answer("stats") == {"lists": 10, "built": 8}
+        assert not apisix.errors(), apisix.log()

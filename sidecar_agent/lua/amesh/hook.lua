@@ -176,6 +176,11 @@ end
 if subsystem == "http" then
     local apisix = require("apisix")
     local apisix_client = require("resty.apisix.client")
+    -- the hosts of a service share one sub-router (amesh.host_routers)
+    local router_conf = core.config.local_conf().apisix.router or {}
+    if router_conf.http == "radixtree_host_uri" then
+        require("amesh.host_routers").install()
+    end
     -- behind the inbound front: the client's address as $remote_addr for every plugin and log (as the real-ip
     -- plugin does it), before APISIX reads it; nil when the front could not hand it over
     local original_access = apisix.http_access_phase
