@@ -112,7 +112,7 @@ class Translator:
         self._route_by_id: dict[str, dict] = {}
         self._pending_routes: set[str] = set()
         self._upstream_ids: list[str] | None = None
-        self._fallback: tuple[ListenerPart | None, list[dict]] | None = None
+        self._fallback: tuple[ListenerPart | None, list[dict], frozenset[str]] | None = None
         self._upstream_list: list[dict] = []
         self._pending_upstreams: set[UpstreamRef] = set()
         # Mirrored upstreams (counted over route sets) and their mirror-listener routes (one object each)
@@ -523,9 +523,7 @@ class Translator:
         """Is `ref`'s upstream in the document: a cluster's plain upstream, referenced, or the fallback's."""
         if self._refs.get(ref, 0) > 0:
             return True
-        if ref.policy == upstream_mod.DEFAULT_POLICY:
-            return any(r["upstream_id"] == ref.id for r in self._fallback_routes())
-        return False
+        return ref.policy == upstream_mod.DEFAULT_POLICY and ref.id in self._fallback_upstream_ids()
 
     def _reassemble(self) -> None:
         self._routes_cache = self._upstream_ids = None
@@ -534,8 +532,13 @@ class Translator:
         # Kept until virtualOutbound changes: the same objects in every document, and cheap to ask.
         key = self._listeners.get("virtualOutbound")
         if self._fallback is None or self._fallback[0] is not key:
-            self._fallback = (key, self._make_fallback_routes())
+            routes = self._make_fallback_routes()
+            self._fallback = (key, routes, frozenset(r["upstream_id"] for r in routes))
         return self._fallback[1]
+
+    def _fallback_upstream_ids(self) -> frozenset[str]:
+        self._fallback_routes()
+        return self._fallback[2]
 
     def _make_fallback_routes(self) -> list[dict]:
         """Envoy sends what no listener takes to `virtualOutbound` (tcp_proxy -> PassthroughCluster).
