@@ -471,6 +471,9 @@ def _terminate(signum, frame):
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
+    # a second signal (`timeout` passing on its own, a repeated kill) must not cut the cleanup short
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")  # the `finally` blocks stop APISIX and remove everything
 
 

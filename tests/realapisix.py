@@ -182,10 +182,12 @@ class Forwarder:
     """host 127.0.0.1:<port> -> (host, port) inside namespace `ns`."""
 
     def __init__(self, ns: str, host: str, port: int, record=None) -> None:
-        """`record(request bytes, response bytes)` is called when a connection ends."""
+        """`record(seq, request bytes, response bytes)` is called when a connection ends; `seq` numbers the
+        connections in the order they were accepted (they may end in another)."""
         self.target = (ns, host, port)
         self.record = record
         self.active = 0  # connections being served (their record not made yet)
+        self.accepted = 0
         self.lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -200,11 +202,13 @@ class Forwarder:
                 return
             with self.lock:
                 self.active += 1
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+                self.accepted += 1
+                seq = self.accepted
+            threading.Thread(target=self._serve, args=(client, seq), daemon=True).start()
 
-    def _serve(self, client: socket.socket) -> None:
+    def _serve(self, client: socket.socket, seq: int) -> None:
         try:
-            self._forward(client)
+            self._forward(client, seq)
         finally:
             with self.lock:
                 self.active -= 1
@@ -215,7 +219,7 @@ class Forwarder:
         while self.active and time.monotonic() < deadline:
             time.sleep(0.01)
 
-    def _forward(self, client: socket.socket) -> None:
+    def _forward(self, client: socket.socket, seq: int) -> None:
         ns, host, port = self.target
         try:
             _enter(ns)  # this thread only; it ends with the connection
@@ -234,7 +238,7 @@ class Forwarder:
         client.close()
         upstream.close()
         if self.record:
-            self.record(b"".join(sent), b"".join(got))
+            self.record(seq, b"".join(sent), b"".join(got))
 
     def close(self) -> None:
         self.closed = True
@@ -501,8 +505,8 @@ class AdminRecorder:
     def __init__(self, apisix: Apisix) -> None:
         self.apisix = apisix
         self.api_key = apisix.admin_key
-        self._answers: list[int] = []
-        self._accepted: list[dict] = []
+        self._answers: list[tuple[int, int]] = []  # (connection seq, status): connections end in any order
+        self._accepted: list[tuple[int, dict]] = []
         self.lock = threading.Lock()
         self.forwarder = Forwarder(apisix.ns, "127.0.0.1", apisix.admin_port, record=self._record)
         apisix.extra_forwarders.append(self.forwarder)
@@ -515,23 +519,26 @@ class AdminRecorder:
 
     @property
     def answers(self) -> list[int]:
+        """Statuses of the PUTs, in the order their connections were opened."""
         self.forwarder.idle()
-        return self._answers
+        with self.lock:
+            return [status for _, status in sorted(self._answers)]
 
     @property
     def accepted(self) -> list[dict]:
         self.forwarder.idle()
-        return self._accepted
+        with self.lock:
+            return [body for _, body in sorted(self._accepted, key=lambda pair: pair[0])]
 
-    def _record(self, request: bytes, response: bytes) -> None:
+    def _record(self, seq: int, request: bytes, response: bytes) -> None:
         if not request.startswith(b"PUT ") or not response.startswith(b"HTTP/"):
             return
         status = int(response.split(b" ", 2)[1])
         with self.lock:
-            self._answers.append(status)
+            self._answers.append((seq, status))
             if status == 202:
                 body = json.loads(request.partition(b"\r\n\r\n")[2])
-                self._accepted.append({k: v for k, v in body.items() if not k.endswith("_conf_version") and v})
+                self._accepted.append((seq, {k: v for k, v in body.items() if not k.endswith("_conf_version") and v}))
 
     def _get(self) -> dict:
         status, body, _ = self.apisix.admin("GET")
