@@ -126,6 +126,9 @@ def test_api_mode_holds_a_big_mesh_or_names_the_shared_dict(dict_mb):
                 asyncio.run(sink.push(document))
 
 
+AGENT_DELAY = 10  # amesh.standalone_poll: the privileged agent loads a version this long after it came
+
+
 def _cpu_seconds(pids: set[int]) -> float:
     """User + system CPU seconds the processes `pids` have used (proc(5) stat fields 14 and 15)."""
     ticks = 0
@@ -139,8 +142,9 @@ def test_api_mode_idle_apisix_leaves_the_configuration_alone_and_still_follows_p
     """APISIX 3.18 polls the standalone-config dict once a second in every Lua VM (each worker's http and
     stream VM, the privileged agent) and decodes the whole configuration to read one field: with this 12 MB
     document ~0.15 s per VM and second, at 10,000 services more than a second, so nothing else runs. The
-    hook's version gate (amesh.standalone_poll) keeps an idle APISIX idle; a later push still reaches the
-    http VMs (update event) and the stream VMs, which only the poll tells."""
+    hook's version gate (amesh.standalone_poll) keeps an idle APISIX idle, and keeps the privileged agent
+    (which serves no route) from loading a document until it has settled; a later push still reaches the http
+    VMs (update event) and the stream VMs, which only the poll tells."""
     realapisix.skip_unless_available()
     settings, data_path = realapisix.settings(Mode.API, outbound_http_ports=(9080,))
     internal = internal_ports(data_path)[(Direction.OUTBOUND, 9080)]
@@ -152,11 +156,20 @@ def test_api_mode_idle_apisix_leaves_the_configuration_alone_and_still_follows_p
     with realapisix.running(render_yaml(settings, data_path)) as apisix:
         sink = AdminApiSink(apisix.admin_url, settings.admin_key)
         listener, front = apisix.forward(internal), apisix.forward(settings.outbound_port)
+        apisix.wait_for(lambda: apisix.processes(b"nginx: privileged agent"))  # forked after the workers
+        worker, agent = apisix.processes(b"nginx: worker process"), apisix.processes(b"nginx: privileged agent")
+        assert len(worker) == len(agent) == 1, (worker, agent)
+        worker_before, agent_before = _cpu_seconds(worker), _cpu_seconds(agent)
         asyncio.run(sink.push(document))
         apisix.wait_for(lambda: get(listener)[0] == 200 and _get_or_none(front) == 200)
         time.sleep(2)  # each VM's poll has seen the push once
-        processes = apisix.processes()
-        assert len(processes) == 2, processes  # the worker and the privileged agent
+        # the worker decoded and checked the document in both VMs; the privileged agent waits for it to settle
+        worker_used, agent_used = _cpu_seconds(worker) - worker_before, _cpu_seconds(agent) - agent_before
+        assert worker_used > 0.2 and agent_used < worker_used / 4, (worker_used, agent_used)
+        time.sleep(AGENT_DELAY + 1)
+        agent_loaded = _cpu_seconds(agent) - agent_before - agent_used
+        assert agent_loaded > worker_used / 4, (worker_used, agent_loaded)  # then loads it (upstream_status)
+        processes = worker | agent
         before = _cpu_seconds(processes)
         time.sleep(3)
         used = _cpu_seconds(processes) - before

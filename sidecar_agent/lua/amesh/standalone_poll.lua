@@ -14,6 +14,11 @@
 --     they have not loaded. The version is read *before* the callback reads the configuration, so a
 --     configuration stored meanwhile is at least as new as the version noted: nothing is ever skipped.
 --     No version (never pushed since start, or evicted) lets every poll through, as stock APISIX does.
+-- The privileged agent (both its VMs) loads a configuration only once no newer one came for AGENT_DELAY
+-- seconds: it serves no traffic, and its one use of routes and upstreams in standalone mode is the
+-- Prometheus exporter's `upstream_status` (the health checkers of upstreams with `checks`), which may lag
+-- that long. Loading at once made it a fifth and sixth Lua VM decoding and validating every configuration
+-- while the workers' requests waited for theirs, on 2 CPUs.
 -- The poll runs through a local of admin/standalone.lua (`timer_every`), replaced by its upvalue: when a
 -- future APISIX renames it, install() says so and stock behaviour stays (the real-APISIX tests fail then).
 
@@ -21,6 +26,7 @@ local _M = {
     DICT = "standalone-config",
     VERSION_KEY = "amesh:config-version",
     EVENT = "standalone-api-configuration-update", -- admin/standalone.lua EVENT_UPDATE
+    AGENT_DELAY = 10, -- seconds the privileged agent waits for a version to settle before loading it
 }
 
 local function upvalue_index(fn, name)
@@ -65,11 +71,22 @@ function _M.install()
 
     -- one VM's view: the version its poll or event handler last loaded
     local loaded
+    local pending, since -- the privileged agent: the version it waits to load, seen first at `since`
+    local process_type = require("ngx.process").type
     local function gated(callback)
         return function(...)
             local version = dict:get(_M.VERSION_KEY)
             if version ~= nil and version == loaded then
                 return
+            end
+            if version ~= nil and process_type() == "privileged agent" then
+                local now = ngx.now()
+                if version ~= pending then
+                    pending, since = version, now
+                end
+                if now - since < _M.AGENT_DELAY then
+                    return -- the poll comes back each second
+                end
             end
             loaded = version
             return callback(...)
