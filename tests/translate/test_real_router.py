@@ -185,26 +185,32 @@ def test_model_and_real_apisix_agree(real, name):
 
 
 def _answering(route_id: str, hosts: list[str] | None, priority: int, **extra) -> dict:
-    answer = f"return function(conf, ctx) require('apisix.core').response.exit(200, {json.dumps(route_id)}) end"
+    """A route answering its id and the `host` its plugins see."""
+    answer = (f"return function(conf, ctx) require('apisix.core').response.exit(200, {json.dumps(route_id + '@')}"
+              " .. ctx.var.host) end")
     return {"id": route_id, "uri": "/*", "priority": priority, **({"hosts": hosts} if hosts else {}),
             "plugins": {"serverless-pre-function": {"phase": "access", "functions": [answer]}}, **extra}
 
 
 def test_hosts_listing_the_same_routes_share_one_sub_router_and_route_as_before():
     """amesh.host_routers: radixtree_host_uri's per-host sub-routers are shared between hosts holding the very
-    same routes (Istio's ~6 names of a service), and every host still routes as it did: partly shared host
-    lists, a wildcard, priorities within a shared sub-router and routes without hosts."""
+    same routes (Istio's ~6 names of a service), a set of names listed by the same routes and no others is
+    routed under one canonical name, and every host still routes as it did: partly shared host lists, a
+    wildcard that could match a name (its set is left alone), priorities within a shared sub-router, routes
+    without hosts; plugins see the request's own host."""
     realapisix.skip_unless_available()
     stats = ("return function(conf, ctx) require('apisix.core').response.exit(200, "
              "require('amesh.host_routers').stats) end")
     a_hosts = ["svc-a", "svc-a.ns", "10.96.0.1"]
     routes = [
-        _answering("a", a_hosts, 1),
+        _answering("a", a_hosts, 1, vars=[["http_x_a", "~=", "no"]]),
         _answering("a-canary", a_hosts, 2, vars=[["http_x_canary", "==", "yes"]]),
         _answering("b", ["svc-b", "shared"], 1),
         _answering("c", ["svc-c", "shared"], 2),  # "shared" lists b and c: a list of its own
         _answering("wild", ["*.ns"], 1),
         _answering("any", None, 1),
+        _answering("d", ["svc-d", "svc-d.other", "10.96.0.4"], 1),  # collapsible: one canonical name
+        _answering("d-canary", ["svc-d", "svc-d.other", "10.96.0.4"], 2, vars=[["http_x_canary", "==", "yes"]]),
         {"id": "stats", "uri": "/*", "hosts": ["stats"],
          "plugins": {"serverless-pre-function": {"phase": "access", "functions": [stats]}}},
     ]
@@ -221,12 +227,21 @@ def test_hosts_listing_the_same_routes_share_one_sub_router_and_route_as_before(
                 return response.status
             return json.loads(body) if body.startswith("{") else body  # response.exit sends a string as it is
 
-        apisix.load({"routes": routes}, probe=lambda: answer("svc-a") == "a")
+        apisix.load({"routes": routes}, probe=lambda: answer("svc-a") == "a@svc-a")
         expected = {"svc-a": "a", "svc-a.ns": "a", "10.96.0.1": "a", "svc-b": "b", "svc-c": "c",
-                    "shared": "c", "other.ns": "wild", "unknown": "any", "SVC-A": "a"}
-        assert {host: answer(host) for host in expected} == expected
-        assert {host: answer(host, {"x-canary": "yes"}) for host in a_hosts} == dict.fromkeys(a_hosts, "a-canary")
-        # 8 host lists (svc-a, svc-a.ns, 10.96.0.1, svc-b, shared, svc-c, *.ns, stats), the host router's and
-        # the one of routes without hosts: the three names of svc-a share one radixtree
-        assert answer("stats") == {"lists": 10, "built": 8}
+                    "shared": "c", "other.ns": "wild", "unknown": "any", "svc-d": "d", "svc-d.other": "d",
+                    "10.96.0.4": "d", "svc-d.other.ns": "wild", "svc-d.": "d"}  # $host drops one trailing dot
+        assert {host: answer(host) for host in expected} == {h: f"{r}@{h.rstrip('.')}" for h, r in expected.items()}
+        assert answer("SVC-D") == "d@svc-d"  # nginx's $host is lower-case
+        # no route of svc-a takes it: the wildcard is tried next for the name it matches, which is why
+        # svc-a's names keep their own entries
+        assert {host: answer(host, {"x-a": "no"}) for host in a_hosts} == {
+            "svc-a": "any@svc-a", "svc-a.ns": "wild@svc-a.ns", "10.96.0.1": "any@10.96.0.1"}
+        d_hosts = ["svc-d", "svc-d.other", "10.96.0.4"]
+        assert ({host: answer(host, {"x-canary": "yes"}) for host in a_hosts + d_hosts}
+                == {h: f"{'a' if h in a_hosts else 'd'}-canary@{h}" for h in a_hosts + d_hosts})
+        # sub-router lists: svc-a's three names (one radixtree), svc-b, shared, svc-c, *.ns, stats and svc-d's
+        # canonical name; the host router's and the one of routes without hosts. svc-a's names are not
+        # collapsed (the wildcard *.ns could match svc-a.ns), svc-d's are: two aliases
+        assert answer("stats") == {"lists": 11, "built": 9, "aliases": 2}
         assert not apisix.errors(), apisix.log()

@@ -12,6 +12,16 @@
 --
 -- Identity, not equality, decides: two lists share only when every element is the same table, so
 -- nothing is compared deeply and nothing outside one build is kept (the memo lives for one build).
+--
+-- Canonical names. The host router itself still held one entry per name (60,000 at 10,000 services).
+-- Where a set of names is listed by exactly the same routes and by no others (Istio's names of one
+-- service on one port), the routes keep one of them (the first in byte order) before the router builds,
+-- and a request for another name of the set is matched as if for that one: its routes are the same, so
+-- the outcome is. `host` reads the original name again right after matching. A set is left as it is when
+-- any of its names is listed by another route too, when a wildcard could match one of them (wildcards
+-- are tried after the exact name, and would see another name), or when a route takes its hosts from a
+-- service. The original `hosts` are kept aside (APISIX's own filter rewrites them in place too: it
+-- lower-cases them), so each build plans from them.
 
 local _M = {
     MAX_CANDIDATES = 16, -- lists that share a first route but differ later: past this, built unshared
@@ -29,6 +39,76 @@ local function same(a, b)
         end
     end
     return true
+end
+
+-- routes: APISIX route items ({value = {hosts = …}}), with their original hosts in `original[value]`.
+-- Returns name -> canonical name, and value -> the hosts list the route keeps (only for routes whose
+-- set is collapsed). Pure: tests/translate/test_real_router.py checks it through the real router.
+function _M.plan(routes, original)
+    local set_of = {}      -- name -> the key of the one set listing it, or false when two do
+    local wildcards = {}   -- suffixes of wildcard names ("*.ns" -> ".ns")
+    local members = {}     -- key -> sorted names
+    local keys = {}        -- value -> key
+    for _, route in ipairs(routes) do
+        local value = type(route) == "table" and route.value
+        if value and (value.status == nil or value.status == 1) then
+            if value.service_id and not original[value] then
+                return {}, {} -- hosts from a service: not planned at all
+            end
+            local hosts = original[value]
+            if hosts and #hosts > 1 then
+                local names = {}
+                for i, name in ipairs(hosts) do
+                    names[i] = name
+                end
+                table.sort(names)
+                local key = table.concat(names, "\0")
+                keys[value], members[key] = key, names
+                for _, name in ipairs(names) do
+                    if set_of[name] == nil then
+                        set_of[name] = key
+                    elseif set_of[name] ~= key then
+                        set_of[name] = false
+                    end
+                end
+            elseif hosts then
+                set_of[hosts[1]] = false -- a route listing the name alone
+            elseif value.host then
+                set_of[value.host] = false
+            end
+            for _, name in ipairs(hosts or { value.host }) do
+                if name:byte(1) == 42 then -- "*"
+                    wildcards[#wildcards + 1] = name:sub(2)
+                end
+            end
+        end
+    end
+    local alias, kept, collapsible = {}, {}, {}
+    for key, names in pairs(members) do
+        local ok = true
+        for _, name in ipairs(names) do
+            if set_of[name] ~= key or name:byte(1) == 42 then
+                ok = false
+                break
+            end
+            for _, suffix in ipairs(wildcards) do
+                if #name > #suffix and name:sub(-#suffix) == suffix then
+                    ok = false
+                    break
+                end
+            end
+        end
+        if ok then
+            collapsible[key] = { names[1] }
+            for i = 2, #names do
+                alias[names[i]] = names[1]
+            end
+        end
+    end
+    for value, key in pairs(keys) do
+        kept[value] = collapsible[key]
+    end
+    return alias, kept
 end
 
 function _M.install()
@@ -70,6 +150,30 @@ function _M.install()
     -- memo on (a request otherwise pays one comparison)
     local match = host_uri.match
     local routes_version, services_version
+    local original = setmetatable({}, { __mode = "k" }) -- route value -> its hosts as pushed (false: none)
+    local aliases = {}
+
+    -- a name of a collapsed set is matched as its canonical name; `host` is the request's again after
+    local matching = host_uri.matching
+    host_uri.matching = function(api_ctx)
+        local var = api_ctx.var
+        local host = var.host
+        local canonical = host and aliases[host]
+        if not canonical then
+            return matching(api_ctx)
+        end
+        var._cache.host = canonical
+        local ok, matched = pcall(matching, api_ctx)
+        var._cache.host = host
+        if not ok then
+            error(matched, 0)
+        end
+        local record = api_ctx.curr_req_matched
+        if record and record._host == canonical then
+            record._host = host
+        end
+        return matched
+    end
     host_uri.match = function(api_ctx)
         local user_routes = host_uri.user_routes
         local _, service_version = services.services()
@@ -78,6 +182,26 @@ function _M.install()
             return match(api_ctx)
         end
         memo, _M.stats = {}, { lists = 0, built = 0 }
+        local values = user_routes.values or {}
+        for _, route in ipairs(values) do
+            local value = type(route) == "table" and route.value
+            if value and original[value] == nil then
+                original[value] = value.hosts or false
+            end
+        end
+        local kept
+        aliases, kept = _M.plan(values, setmetatable({}, { __index = function(_, value)
+            return original[value] or nil
+        end }))
+        for value, hosts in pairs(original) do
+            if hosts then
+                value.hosts = kept[value] or hosts
+            end
+        end
+        _M.stats.aliases = 0
+        for _ in pairs(aliases) do
+            _M.stats.aliases = _M.stats.aliases + 1
+        end
         local ok, matched = pcall(match, api_ctx)
         memo = nil
         if not ok then
