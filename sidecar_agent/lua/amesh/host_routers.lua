@@ -25,6 +25,7 @@
 
 local _M = {
     MAX_CANDIDATES = 16, -- lists that share a first route but differ later: past this, built unshared
+    MAX_WILDCARDS = 64, -- every name is checked against every wildcard: past this, no canonical names
     stats = { lists = 0, built = 0 }, -- the last build's sub-router requests and radixtrees made (tests)
 }
 
@@ -41,7 +42,8 @@ local function same(a, b)
     return true
 end
 
--- routes: APISIX route items ({value = {hosts = …}}), with their original hosts in `original[value]`.
+-- routes: APISIX route items ({value = {hosts = …}}), with their original hosts in `original[value]`
+-- (false: none).
 -- Returns name -> canonical name, and value -> the hosts list the route keeps (only for routes whose
 -- set is collapsed). Pure: tests/translate/test_real_router.py checks it through the real router.
 function _M.plan(routes, original)
@@ -55,7 +57,7 @@ function _M.plan(routes, original)
             if value.service_id and not original[value] then
                 return {}, {} -- hosts from a service: not planned at all
             end
-            local hosts = original[value]
+            local hosts = original[value] or nil
             if hosts and #hosts > 1 then
                 local names = {}
                 for i, name in ipairs(hosts) do
@@ -71,7 +73,7 @@ function _M.plan(routes, original)
                         set_of[name] = false
                     end
                 end
-            elseif hosts then
+            elseif hosts and hosts[1] then
                 set_of[hosts[1]] = false -- a route listing the name alone
             elseif value.host then
                 set_of[value.host] = false
@@ -84,6 +86,9 @@ function _M.plan(routes, original)
         end
     end
     local alias, kept, collapsible = {}, {}, {}
+    if #wildcards > _M.MAX_WILDCARDS then
+        return alias, kept
+    end
     for key, names in pairs(members) do
         local ok = true
         for _, name in ipairs(names) do
@@ -96,6 +101,9 @@ function _M.plan(routes, original)
                     ok = false
                     break
                 end
+            end
+            if not ok then
+                break
             end
         end
         if ok then
@@ -189,10 +197,12 @@ function _M.install()
                 original[value] = value.hosts or false
             end
         end
-        local kept
-        aliases, kept = _M.plan(values, setmetatable({}, { __index = function(_, value)
-            return original[value] or nil
-        end }))
+        local planned, alias, kept = pcall(_M.plan, values, original)
+        if not planned then -- routing stays APISIX's own: every name its entry
+            ngx.log(ngx.ERR, "amesh: no canonical host names: ", alias)
+            alias, kept = {}, {}
+        end
+        aliases = alias
         for value, hosts in pairs(original) do
             if hosts then
                 value.hosts = kept[value] or hosts
