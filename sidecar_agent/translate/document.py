@@ -520,7 +520,8 @@ class Translator:
         return self._upstream_list
 
     def _wanted(self, ref: UpstreamRef) -> bool:
-        """Is `ref`'s upstream in the document: a cluster's plain upstream, referenced, or the fallback's."""
+        """Is `ref`'s upstream in the document: referenced (by a route, a TCP service, a mirror) or the
+        fallback's. A cluster's plain upstream is not there for the cluster alone."""
         if self._refs.get(ref, 0) > 0:
             return True
         return ref.policy == upstream_mod.DEFAULT_POLICY and ref.id in self._fallback_upstream_ids()

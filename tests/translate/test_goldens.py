@@ -57,21 +57,18 @@ def eds_clusters_for(resources: XdsResources) -> XdsResources:
                         resources.notes)
 
 
-def translated(fixture_name: str):
-    path = fixture(fixture_name)
-    resources = load_config_dump(path)
-    if fixture_name.endswith("edsz.json"):
-        resources = eds_clusters_for(resources)
-    return translate_fixture(path, resources)
+def resources_of(fixture_name: str) -> XdsResources:
+    resources = load_config_dump(fixture(fixture_name))
+    return eds_clusters_for(resources) if fixture_name.endswith("edsz.json") else resources
 
 
 def golden_text(fixture_name: str) -> str:
-    result = translated(fixture_name)
+    resources = resources_of(fixture_name)
+    result = translate_fixture(fixture(fixture_name), resources)
     document = result.document
     if fixture_name.endswith("edsz.json"):
         # no routes send to these clusters, so the document holds none of their upstreams: the golden
         # holds the upstream each becomes once one does (Translator.cluster_upstream)
-        resources = eds_clusters_for(load_config_dump(fixture(fixture_name)))
         translator = Translator().load(resources)
         upstreams = sorted((translator.cluster_upstream(name) for name in resources.clusters), key=lambda u: u["id"])
         document = dict(document, upstreams=upstreams)

@@ -203,7 +203,9 @@ function _M.install()
             alias, kept = {}, {}
         end
         aliases = alias
-        for value, hosts in pairs(original) do
+        for _, route in ipairs(values) do -- this version's routes: older ones are routed no more
+            local value = type(route) == "table" and route.value
+            local hosts = value and original[value]
             if hosts then
                 value.hosts = kept[value] or hosts
             end
