@@ -52,7 +52,7 @@ local standalone_poll = require("amesh.standalone_poll")
 if ngx.shared[standalone_poll.DICT] then
     local ok, err = standalone_poll.install()
     if not ok then
-        ngx.log(ngx.ERR, "amesh: every Lua VM decodes the whole configuration once a second: ", err)
+        ngx.log(ngx.ERR, "amesh: ", err)
     end
 end
 

@@ -19,14 +19,26 @@
 -- Prometheus exporter's `upstream_status` (the health checkers of upstreams with `checks`), which may lag
 -- that long. Loading at once made it a fifth and sixth Lua VM decoding and validating every configuration
 -- while the workers' requests waited for theirs, on 2 CPUs.
--- The poll runs through a local of admin/standalone.lua (`timer_every`), replaced by its upvalue: when a
--- future APISIX renames it, install() says so and stock behaviour stays (the real-APISIX tests fail then).
+-- A VM loads the stored JSON only when nothing smaller will do (each decode of it is ~0.6-0.9 s at 10,000
+-- services, and a worker's http and stream VMs share one thread):
+--   * the stream VMs load the stream share (stream_view), which the Admin API worker stores beside the
+--     configuration under the same version: every type but `routes`, and only the upstreams something other
+--     than a route names (stream routes, services). HTTP routes and their upstreams are never used there;
+--   * the Admin API worker's own http VM loads the table it has just stored instead of decoding it again.
+--     It is the table the JSON was encoded from; cjson keeps 14 significant digits of a number, so only a
+--     number with more could differ from what the other VMs decode (the agent's documents have none).
+-- The poll runs through a local of admin/standalone.lua (`timer_every`), replaced by its upvalue, and the
+-- stored table is taken from another (`update_and_broadcast_config`, an upvalue of `update`): when a future
+-- APISIX renames them, install() says so and stock behaviour stays (the real-APISIX tests fail then).
 
 local _M = {
     DICT = "standalone-config",
     VERSION_KEY = "amesh:config-version",
+    STREAM_KEY = "amesh:stream-config", -- "<version>\n<JSON of stream_view>"
     EVENT = "standalone-api-configuration-update", -- admin/standalone.lua EVENT_UPDATE
     AGENT_DELAY = 10, -- seconds the privileged agent waits for a version to settle before loading it
+    -- this VM's loads: of its own stored table, of the stream share, of the stored JSON (stock)
+    stats = { own = 0, share = 0, stock = 0 },
 }
 
 local function upvalue_index(fn, name)
@@ -43,6 +55,52 @@ local function upvalue_index(fn, name)
     end
 end
 
+local function upvalue(fn, name) -- the value and its index, or nothing
+    local index = fn and upvalue_index(fn, name)
+    if index then
+        return select(2, debug.getupvalue(fn, index)), index
+    end
+end
+
+local function names_upstreams(value, into)
+    for key, item in pairs(value) do
+        if key == "upstream_id" and (type(item) == "string" or type(item) == "number") then
+            into[tostring(item)] = true
+        elseif type(item) == "table" then
+            names_upstreams(item, into)
+        end
+    end
+end
+
+-- What the stream subsystem of a configuration uses: all but `routes`, and of the upstreams only those named
+-- by anything but a route. The upstreams' version is the sum of every other type's (all only ever go up), so
+-- it moves whenever the set kept may have changed, and not when only routes did.
+function _M.stream_view(config)
+    local view, named, version = {}, {}, 0
+    for key, value in pairs(config) do
+        if key ~= "routes" and key ~= "upstreams" then
+            view[key] = value
+            if type(value) == "table" then
+                names_upstreams(value, named)
+            end
+        end
+        if key ~= "routes_conf_version" and type(value) == "number" and key:sub(-13) == "_conf_version" then
+            version = version + value
+        end
+    end
+    local upstreams = {}
+    for _, upstream in ipairs(config.upstreams or {}) do
+        if type(upstream) == "table" and named[tostring(upstream.id)] then
+            upstreams[#upstreams + 1] = upstream
+        end
+    end
+    if #upstreams > 0 then
+        view.upstreams = upstreams
+    end
+    view.upstreams_conf_version = version
+    return view
+end
+
 function _M.install()
     local dict = ngx.shared[_M.DICT]
     if not dict then
@@ -50,9 +108,33 @@ function _M.install()
     end
     local standalone = require("apisix.admin.standalone")
     local events = require("apisix.events")
+    local json = require("apisix.core.json")
     local index = upvalue_index(standalone.init_worker, "timer_every")
     if not index then
-        return false, "apisix.admin.standalone.init_worker has no upvalue timer_every"
+        return false, "apisix.admin.standalone.init_worker has no upvalue timer_every: every Lua VM decodes "
+            .. "the whole configuration once a second"
+    end
+    local problem -- what is left stock: the gate itself works without it
+    local stream = ngx.config.subsystem == "stream"
+
+    -- the Admin API worker: the table being stored (while update_and_broadcast_config runs), then the one
+    -- last stored with its version, for this VM's own load
+    local storing, stored, stored_version
+    local update = upvalue(standalone.run, "update")
+    local broadcast, broadcast_index = upvalue(update, "update_and_broadcast_config")
+    if broadcast then
+        debug.setupvalue(update, broadcast_index, function(config, ...)
+            storing = config
+            local ok, result, err = pcall(broadcast, config, ...)
+            storing = nil
+            if not ok then
+                error(result, 0)
+            end
+            return result, err
+        end)
+    else
+        problem = "apisix.admin.standalone's update has no upvalue update_and_broadcast_config: "
+            .. "every Lua VM decodes the whole configuration"
     end
 
     local posted = 0
@@ -60,8 +142,30 @@ function _M.install()
     events.post = function(self, source, ...)
         if source == _M.EVENT then
             posted = posted + 1
-            local ok, err = dict:set(_M.VERSION_KEY, ngx.now() .. "/" .. ngx.worker.pid() .. "/" .. posted)
-            if not ok then -- every poll then decodes, as stock APISIX does: slow, never stale
+            local version = ngx.now() .. "/" .. ngx.worker.pid() .. "/" .. posted
+            stored, stored_version = nil, nil
+            -- the stream share first: a VM that reads this version finds the share of it (or a newer one,
+            -- which it then ignores)
+            local text = storing and json.encode(_M.stream_view(storing))
+            local ok, err = false, "no configuration table"
+            if text then
+                ok, err = dict:set(_M.STREAM_KEY, version .. "\n" .. text)
+            end
+            if not ok then
+                dict:delete(_M.STREAM_KEY) -- the stream VMs decode the whole configuration, as stock APISIX
+                if storing then
+                    ngx.log(ngx.ERR, "amesh: stream share of the configuration not stored: ", err)
+                end
+            end
+            ok, err = dict:set(_M.VERSION_KEY, version)
+            if ok then
+                if storing then
+                    stored, stored_version = {}, version -- the handler strips metadata keys in place
+                    for key, value in pairs(storing) do
+                        stored[key] = value
+                    end
+                end
+            else -- every poll then decodes, as stock APISIX does: slow, never stale
                 ngx.log(ngx.ERR, "amesh: configuration version not stored: ", err)
                 dict:delete(_M.VERSION_KEY)
             end
@@ -69,8 +173,24 @@ function _M.install()
         return post(self, source, ...)
     end
 
+    -- this VM's table of `version`, when it has one smaller or nearer than the stored JSON
+    local function own(version)
+        if stored_version == version then
+            local config = stored
+            stored, stored_version = nil, nil
+            return config, "own"
+        end
+        if stream then
+            local share = dict:get(_M.STREAM_KEY)
+            local cut = share and share:find("\n", 1, true)
+            if cut and share:sub(1, cut - 1) == version then
+                return json.decode(share:sub(cut + 1)), "share"
+            end
+        end
+    end
+
     -- one VM's view: the version its poll or event handler last loaded
-    local loaded
+    local loaded, load
     local pending, since -- the privileged agent: the version it waits to load, seen first at `since`
     local process_type = require("ngx.process").type
     local function gated(callback)
@@ -89,6 +209,17 @@ function _M.install()
                 end
             end
             loaded = version
+            local config, kind
+            if version ~= nil and load then
+                config, kind = own(version)
+            end
+            if version ~= nil then
+                kind = config and kind or "stock"
+                _M.stats[kind] = _M.stats[kind] + 1
+            end
+            if config then
+                return load(config)
+            end
             return callback(...)
         end
     end
@@ -102,6 +233,7 @@ function _M.install()
         local register = events.register
         events.register = function(self, handler, source, ...)
             if source == _M.EVENT then
+                load = handler -- update_config(config): loads a decoded configuration
                 handler = gated(handler)
             end
             return register(self, handler, source, ...)
@@ -111,6 +243,9 @@ function _M.install()
         if not ok then
             error(err, 0)
         end
+    end
+    if problem then
+        return false, problem
     end
     return true
 end
