@@ -22,6 +22,8 @@ import tempfile
 import time
 import uuid
 
+import issue_rows
+
 DEFAULT_ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
                 "-d", "15090,15021,15020"]
 TPROXY_ARGS = [("TPROXY" if a == "REDIRECT" else a) for a in DEFAULT_ARGS]
@@ -194,6 +196,10 @@ def main() -> None:
                 met = ratio <= 2 and ms["amesh"] <= target
                 verdicts.append(met)
                 goal = f"<= 2x and <= {target:.0f} ms: {'met' if met else 'NOT met'}"
+                issue_rows.record(f"`amesh-iptables` apply, injector defaults, {label} pod",
+                                  f"{ms['amesh']:.1f} ms ({ratio:.2f}x the floor)",
+                                  f"{floor:.1f} ms (`python3 -c pass` {ms['pass']:.1f} + bare restore "
+                                  f"{ms['restore']:.1f})", f"<= 2x the floor, <= {target:.0f} ms", met)
             print(f"{label:22} {ms['amesh']:11.1f} ms {ms['pass']:12.1f} ms {ms['restore']:10.1f} ms "
                   f"{floor:5.1f} ms {ratio:7.2f}x  {goal}")
             if args.editable:
