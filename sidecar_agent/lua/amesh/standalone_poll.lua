@@ -35,6 +35,7 @@ local _M = {
     DICT = "standalone-config",
     VERSION_KEY = "amesh:config-version",
     STREAM_KEY = "amesh:stream-config", -- "<version>\n<JSON of stream_view>"
+    LOCK_KEY = "amesh:store-lock", -- held while the Admin API worker stores a configuration
     EVENT = "standalone-api-configuration-update", -- admin/standalone.lua EVENT_UPDATE
     AGENT_DELAY = 10, -- seconds the privileged agent waits for a version to settle before loading it
     -- this VM's loads: of its own stored table, of the stream share, of the stored JSON (stock)
@@ -123,10 +124,23 @@ function _M.install()
     local update = upvalue(standalone.run, "update")
     local broadcast, broadcast_index = upvalue(update, "update_and_broadcast_config")
     if broadcast then
+        local resty_lock = require("resty.lock")
         debug.setupvalue(update, broadcast_index, function(config, ...)
-            storing = config
+            -- Pushes handled by two workers at once would interleave their writes (configuration, share,
+            -- version), and the version last written could then name the other's share or own table: one at
+            -- a time. APISIX's own race (both computing from the same previous configuration) stays.
+            local lock = resty_lock:new(_M.DICT, { timeout = 60, exptime = 60 })
+            local taken, lock_err = lock:lock(_M.LOCK_KEY)
+            if taken then
+                storing = config
+            else -- every VM then loads the stored JSON: consistent, stock speed
+                ngx.log(ngx.ERR, "amesh: configuration stored without its stream share: ", lock_err)
+            end
             local ok, result, err = pcall(broadcast, config, ...)
             storing = nil
+            if taken then
+                lock:unlock()
+            end
             if not ok then
                 error(result, 0)
             end
