@@ -25,6 +25,9 @@ Figures:
   (both workers, most likely: a worker builds its router on its first request after a change). The agent's
   own serialisation (JSON body / YAML text) is timed apart, before.
 * memory: RSS and PSS of each worker (and the privileged agent) from /proc/<pid>/smaps_rollup after load.
+* recheck (API mode): the agent asks every few seconds whether APISIX still holds its push
+  (``AdminApiSink.holds_last``): a HEAD, answered by the hook from stored metadata; the GET it used before
+  (APISIX decodes, encodes and sends the whole configuration) is timed beside it.
 * change: ``--changes`` times the full document again with one route changed (the probe's marker): time
   from the PUT / rename to the changed route serving; meanwhile an open-loop paced stream (``--rate``
   requests/s, each on a fresh connection from its own thread, 10 s timeout, latency counted from the scheduled
@@ -215,6 +218,19 @@ def wait_serving(port: int, host: str, marker: str, confirm: int, timeout: float
             streak = 0
             time.sleep(0.01)
     raise TimeoutError(f"{host} did not serve {marker!r} within {timeout} s (last answer {LAST.get('answer')})")
+
+
+def admin_seconds(port: int, method: str) -> float:
+    """Seconds one Admin API call on the configuration takes, answer read (in the namespace)."""
+    started = time.perf_counter()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    connection.request(method, admin_api.CONFIGS_PATH, headers={"X-API-KEY": ADMIN_KEY})
+    answer = connection.getresponse()
+    answer.read()
+    connection.close()
+    if answer.status != 200:
+        raise RuntimeError(f"{method} answered {answer.status}")
+    return time.perf_counter() - started
 
 
 def put_config(body: bytes, digest: str, timeout: float = 120.0) -> tuple[int, str]:
@@ -426,6 +442,11 @@ def run_one(mode: str, n: int, variant_name: str, base: dict, dp, args) -> dict:
         # 2. memory
         time.sleep(0.5)
         result["memory"] = process_memory(apisix.proc.pid)
+        if mode == "api":  # the agent's recheck every few seconds (AdminApiSink.holds_last): HEAD, was GET
+            admin = apisix.admin_port
+            result["recheck_head_ms"] = round(min(inside(admin_seconds, admin, "HEAD").result()
+                                                  for _ in range(3)) * 1e3, 1)
+            result["recheck_get_s"] = round(inside(admin_seconds, admin, "GET").result(), 2)
         # 3./4. changes under a steady stream
         changes, samples = [], []
         for i in range(1, args.changes + 1):
@@ -536,6 +557,9 @@ def main() -> int:
                 say(f"{mode:<9} {n:>8} {name:<8} {r['shape']['routes']:>6} {r['body_mb']:>7} {r['serialise_s']:>6} "
                     f"{r['load_s']:>7.2f} {mem:>18} {r['change_s']:>8.2f} {str(s['p50_ms']):>7} {str(s['p99_ms']):>7} "
                     f"{str(s['max_ms']):>7} {s['failed']:>4}/{s['requests']:<4}")
+                if "recheck_head_ms" in r:
+                    say(f"{'':>28} the agent's recheck of what APISIX holds: HEAD {r['recheck_head_ms']} ms "
+                        f"(a GET, as before: {r['recheck_get_s']} s, on a worker that serves requests)")
         del base
         gc.collect()
     say(f"# load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -133,6 +133,12 @@ class AdminApiSink:
         if self.last is None:
             return True
         try:
+            # HEAD first: its X-Digest says it (the agent's hook answers it without decoding the
+            # configuration; a GET costs APISIX a decode and an encode of the whole of it and sends it all,
+            # ~1.2 s of a worker at 10,000 services, and this runs every few seconds)
+            status, _, digest = await asyncio.to_thread(self._get, "HEAD")
+            if status == 200 and digest:
+                return digest == self.last.digest
             status, text, digest = await asyncio.to_thread(self._get)
         except PushError:
             return True  # unreachable: nothing to learn now, pushing would fail anyway
@@ -171,10 +177,10 @@ class AdminApiSink:
         status, text, _ = self._send(request)
         return status, text
 
-    def _get(self) -> tuple[int, str, str | None]:
+    def _get(self, method: str = "GET") -> tuple[int, str, str | None]:
         request = urllib.request.Request(
             self.base_url.rstrip("/") + CONFIGS_PATH,
-            method="GET",
+            method=method,
             headers={"X-API-KEY": self.api_key, "Accept": "application/json"},
         )
         return self._send(request)

@@ -8,7 +8,7 @@ agent tests that need no APISIX. It follows apisix/admin/standalone.lua (3.18): 
 kept, higher → replaced; a type without a conf version in the body gets held + 1 (so a type left out
 is cleared and its version still moves, for every type APISIX knows); duplicate ids → 400, items
 checked against APISIX's own schemas when ../shared is present; GET returns the config with
-X-Digest; `restart()` empties it like a restart.
+X-Digest, HEAD the headers alone; `restart()` empties it like a restart.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class FakeApisix:
         self.answers: list[int] = []
         self.fail_next = 0  # answer 503 to that many PUTs
         self.echo_digest = True
+        self.heads = self.gets = 0  # HEAD and GET requests answered
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -57,10 +58,15 @@ class FakeApisix:
                 pass
 
             def do_GET(self):
+                fake.gets += 1
                 fake._get(self)
 
             def do_PUT(self):
                 fake._put(self)
+
+            def do_HEAD(self):  # APISIX's headers of a GET, no body
+                fake.heads += 1
+                fake._get(self, head=True)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
@@ -80,8 +86,9 @@ class FakeApisix:
         with self.lock:
             self.config, self.versions, self.digest = {}, {}, None
 
-    def _reply(self, handler, status: int, body: dict | None = None, headers: dict | None = None) -> None:
-        data = json.dumps(body).encode() if body is not None else b""
+    def _reply(self, handler, status: int, body: dict | None = None, headers: dict | None = None,
+               head: bool = False) -> None:
+        data = json.dumps(body).encode() if body is not None and not head else b""
         handler.send_response(status)
         for k, v in (headers or {}).items():
             handler.send_header(k, v)
@@ -89,7 +96,7 @@ class FakeApisix:
         handler.end_headers()
         handler.wfile.write(data)
 
-    def _get(self, handler) -> None:
+    def _get(self, handler, head: bool = False) -> None:
         if handler.path == "/apisix/prometheus/metrics":  # APISIX's loopback exporter
             data = b'# TYPE apisix_http_status counter\napisix_http_status{code="200",route="r1"} 3\n'
             handler.send_response(200)
@@ -98,15 +105,15 @@ class FakeApisix:
             handler.wfile.write(data)
             return
         if handler.path != "/apisix/admin/configs":
-            return self._reply(handler, 404, {"error_msg": "not found"})
+            return self._reply(handler, 404, {"error_msg": "not found"}, head=head)
         if handler.headers.get("X-API-KEY") != self.api_key:
-            return self._reply(handler, 401, {"error_msg": "failed to check token"})
+            return self._reply(handler, 401, {"error_msg": "failed to check token"}, head=head)
         with self.lock:
             body = dict(self.config)
             for kind in TYPES:
                 body[f"{kind}_conf_version"] = self.versions.get(kind, 0)
             headers = {"X-Digest": self.digest} if self.digest and self.echo_digest else {}
-        self._reply(handler, 200, body, headers)
+        self._reply(handler, 200, body, headers, head)
 
     def _put(self, handler) -> None:
         status, body = self._check_put(handler)

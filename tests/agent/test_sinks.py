@@ -89,6 +89,21 @@ def test_admin_api_sink_follows_the_put_contract(apisix_admin):
     asyncio.run(main())
 
 
+def test_admin_api_sink_asks_with_head_whether_apisix_holds_its_push():
+    """A GET makes APISIX decode, encode and send the whole configuration: holds_last asks with HEAD, whose
+    X-Digest suffices, and GETs only when HEAD has none."""
+    async def main():
+        with FakeApisix(KEY) as apisix:
+            sink = AdminApiSink(apisix.url, KEY)
+            await sink.push(doc())
+            gets = apisix.gets
+            assert await sink.holds_last() and (apisix.heads, apisix.gets) == (1, gets)
+            apisix.restart()
+            assert not await sink.holds_last() and (apisix.heads, apisix.gets) == (2, gets + 1)
+
+    asyncio.run(main())
+
+
 def test_admin_api_sink_without_digest_echo_falls_back_to_versions():
     # fake only: the real 3.18 always echoes X-Digest; some builds do not
     async def main():

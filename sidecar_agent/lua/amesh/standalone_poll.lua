@@ -27,15 +27,20 @@
 --   * the Admin API worker's own http VM loads the table it has just stored instead of decoding it again.
 --     It is the table the JSON was encoded from; cjson keeps 14 significant digits of a number, so only a
 --     number with more could differ from what the other VMs decode (the agent's documents have none).
--- The poll runs through a local of admin/standalone.lua (`timer_every`), replaced by its upvalue, and the
--- stored table is taken from another (`update_and_broadcast_config`, an upvalue of `update`): when a future
--- APISIX renames them, install() says so and stock behaviour stays (the real-APISIX tests fail then).
+-- The Admin API's HEAD (what the agent asks every few seconds: does APISIX still hold what it pushed?)
+-- answers from the stored configuration's metadata, kept beside it, instead of decoding the whole of it to
+-- read two fields (~0.9 s at 10,000 services, on a worker that serves requests).
+-- The poll runs through a local of admin/standalone.lua (`timer_every`), replaced by its upvalue, the
+-- stored table is taken from another (`update_and_broadcast_config`, an upvalue of `update`) and HEAD is a
+-- third (`head`, an upvalue of `run`): when a future APISIX renames them, install() says so and stock
+-- behaviour stays (the real-APISIX tests fail then).
 
 local _M = {
     DICT = "standalone-config",
     VERSION_KEY = "amesh:config-version",
     STREAM_KEY = "amesh:stream-config", -- "<version>\n<JSON of stream_view>"
     LOCK_KEY = "amesh:store-lock", -- held while the Admin API worker stores a configuration
+    META_KEY = "amesh:config-meta", -- "<version>\n<X-Last-Modified>\n<X-Digest>" of the stored configuration
     EVENT = "standalone-api-configuration-update", -- admin/standalone.lua EVENT_UPDATE
     AGENT_DELAY = 10, -- seconds the privileged agent waits for a version to settle before loading it
     -- this VM's loads: of its own stored table, of the stream share, of the stored JSON (stock)
@@ -115,7 +120,7 @@ function _M.install()
         return false, "apisix.admin.standalone.init_worker has no upvalue timer_every: every Lua VM decodes "
             .. "the whole configuration once a second"
     end
-    local problem -- what is left stock: the gate itself works without it
+    local problems = {} -- what is left stock: the gate itself works without them
     local stream = ngx.config.subsystem == "stream"
 
     -- the Admin API worker: the table being stored (while update_and_broadcast_config runs), then the one
@@ -147,8 +152,28 @@ function _M.install()
             return result, err
         end)
     else
-        problem = "apisix.admin.standalone's update has no upvalue update_and_broadcast_config: "
+        problems[#problems + 1] = "apisix.admin.standalone's update has no upvalue update_and_broadcast_config: "
             .. "every Lua VM decodes the whole configuration"
+    end
+
+    local head, head_index = upvalue(standalone.run, "head")
+    if head then
+        local core = require("apisix.core")
+        debug.setupvalue(standalone.run, head_index, function(ctx)
+            -- the metadata of the version stored last, while the configuration is still there
+            local meta, version = dict:get(_M.META_KEY), dict:get(_M.VERSION_KEY)
+            local at = meta and version and meta:find("\n", 1, true)
+            if at and meta:sub(1, at - 1) == version and dict:ttl("config") then
+                local modified, digest = meta:match("^([^\n]*)\n(.*)$", at + 1)
+                core.response.set_header("X-Last-Modified", modified)
+                core.response.set_header("X-Digest", digest)
+                return core.response.exit(200)
+            end
+            return head(ctx)
+        end)
+    else
+        problems[#problems + 1] = "apisix.admin.standalone.run has no upvalue head: HEAD decodes the whole "
+            .. "configuration"
     end
 
     local posted = 0
@@ -165,10 +190,16 @@ function _M.install()
             if text then
                 ok, err = dict:set(_M.STREAM_KEY, version .. "\n" .. text)
             end
+            if ok then
+                ok, err = dict:set(_M.META_KEY, table.concat({ version, tostring(storing["X-Last-Modified"]),
+                                                               tostring(storing["X-Digest"]) }, "\n"))
+            end
             if not ok then
-                dict:delete(_M.STREAM_KEY) -- the stream VMs decode the whole configuration, as stock APISIX
+                -- the stream VMs decode the whole configuration, HEAD too, as stock APISIX
+                dict:delete(_M.STREAM_KEY)
+                dict:delete(_M.META_KEY)
                 if storing then
-                    ngx.log(ngx.ERR, "amesh: stream share of the configuration not stored: ", err)
+                    ngx.log(ngx.ERR, "amesh: stream share or metadata of the configuration not stored: ", err)
                 end
             end
             ok, err = dict:set(_M.VERSION_KEY, version)
@@ -258,8 +289,8 @@ function _M.install()
             error(err, 0)
         end
     end
-    if problem then
-        return false, problem
+    if #problems > 0 then
+        return false, table.concat(problems, "; ")
     end
     return true
 end
