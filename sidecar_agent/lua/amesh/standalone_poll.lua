@@ -220,9 +220,9 @@ function _M.install()
 
     -- this VM's table of `version`, when it has one smaller or nearer than the stored JSON
     local function own(version)
-        if stored_version == version then
-            local config = stored
-            stored, stored_version = nil, nil
+        local config = stored_version == version and stored
+        stored, stored_version = nil, nil -- used once; one of an older version is never used (nor kept)
+        if config then
             return config, "own"
         end
         if stream then
