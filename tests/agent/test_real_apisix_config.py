@@ -262,3 +262,31 @@ def test_api_mode_head_answers_from_the_metadata_without_decoding():
         assert apisix.admin("HEAD")[2].get("X-Digest") == sink.last.digest
         assert asyncio.run(sink.holds_last())
         assert not apisix.errors(), apisix.log()
+
+
+def test_api_mode_a_worker_started_after_the_pushes_serves_the_current_configuration():
+    """A worker that nginx starts again (after a crash) finds the configuration in the dict at start, then its
+    VMs follow the hook's version, stream share and metadata like the others: the HTTP route and the stream
+    route of the last push both serve from it, and the next push reaches it."""
+    realapisix.skip_unless_available()
+    settings, data_path = realapisix.settings(Mode.API, outbound_http_ports=(9080,))
+    internal = internal_ports(data_path)[(Direction.OUTBOUND, 9080)]
+    tcp_hop = {"id": "us-internal", "type": "roundrobin", "scheme": "tcp",
+               "nodes": [{"host": "127.0.0.1", "port": internal, "weight": 1}]}
+    document = dict(DOCUMENT, upstreams=DOCUMENT["upstreams"] + [tcp_hop],
+                    stream_routes=[{"id": "s-local", "remote_addr": "127.0.0.1", "upstream_id": "us-internal"}])
+    with realapisix.running(render_yaml(settings, data_path)) as apisix:
+        sink = AdminApiSink(apisix.admin_url, settings.admin_key)
+        listener, front = apisix.forward(internal), apisix.forward(settings.outbound_port)
+        asyncio.run(sink.push(dict(document, stream_routes=[])))
+        asyncio.run(sink.push(document))
+        apisix.wait_for(lambda: get(listener)[0] == 200 and _get_or_none(front) == 200)
+        (worker,) = apisix.processes(b"nginx: worker process")
+        os.kill(worker, 9)
+        apisix.wait_for(lambda: apisix.processes(b"nginx: worker process") - {worker})
+        apisix.wait_for(lambda: get(listener)[0] == 200 and _get_or_none(front) == 200)
+        assert asyncio.run(sink.holds_last())
+        asyncio.run(sink.push(dict(document, stream_routes=[], routes=[])))  # the next push reaches it
+        apisix.wait_for(lambda: get(listener)[0] == 404 and _get_or_none(front) is None)
+        errors = [line for line in apisix.errors() if "exited on signal 9" not in line]
+        assert not errors, apisix.log()
