@@ -568,10 +568,8 @@ class Translator:
         TCP service sends to the cluster as it is. Documents hold only referenced upstreams (an Istio
         sidecar's routes mostly carry a retry policy, so most plain upstreams are referenced by nothing):
         this is for diagnostics and tests. Built anew, not kept."""
-        cluster = self._clusters.get(name)
-        part = cluster[0] if cluster else None
         ref = self._plain.get(name) or UpstreamRef(name)
-        return self._upstreams.get(ref) or upstream_mod.build(ref, part, self._endpoints_of(part))
+        return self._upstreams.get(ref) or self._make(ref)
 
     def report(self) -> Report:
         with _bulk():
@@ -725,17 +723,18 @@ class Translator:
         return {ref.id for ref in refs if self._wanted(ref)}
 
     def _build(self, ref: UpstreamRef) -> dict:
-        cluster = self._clusters.get(ref.cluster)
-        part = cluster[0] if cluster else None
-        built = upstream_mod.build(ref, part, self._endpoints_of(part))
-        self._upstreams[ref] = built
+        built = self._upstreams[ref] = self._make(ref)
         return built
 
-    def _endpoints_of(self, part):
-        if part is None or not part.eds_name:
-            return None
-        found = self._endpoints.get(part.eds_name)
-        return found[0] if found else None
+    def _make(self, ref: UpstreamRef) -> dict:
+        """`ref`'s upstream from its cluster and endpoints as they are now (not kept)."""
+        cluster = self._clusters.get(ref.cluster)
+        part = cluster[0] if cluster else None
+        endpoints = None
+        if part is not None and part.eds_name:
+            found = self._endpoints.get(part.eds_name)
+            endpoints = found[0] if found else None
+        return upstream_mod.build(ref, part, endpoints)
 
 
 def _route_key(route: dict) -> str:

@@ -34,6 +34,16 @@ DOCUMENT = {
 }
 
 
+# a stream route on the capture port (matched by the client's address: nothing is captured in these tests),
+# hopping to the internal HTTP listener: `tcp_hop(port)` is its upstream
+STREAM_ROUTE = {"id": "s-local", "remote_addr": "127.0.0.1", "upstream_id": "us-internal"}
+
+
+def tcp_hop(port: int) -> dict:
+    return {"id": "us-internal", "type": "roundrobin", "scheme": "tcp",
+            "nodes": [{"host": "127.0.0.1", "port": port, "weight": 1}]}
+
+
 def get(port: int, path: str = "/") -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
@@ -74,13 +84,8 @@ def test_generated_config_is_accepted_and_serves(mode, ports):
         if ports:
             internal = internal_ports(data_path)[(Direction.OUTBOUND, 9080)]
             listener = apisix.forward(internal)
-            # a stream route on the capture port too (matched by the client's address: nothing is
-            # captured here), hopping to the internal listener: stream routes serve in both modes
-            document = dict(DOCUMENT, stream_routes=[{"id": "s-local", "remote_addr": "127.0.0.1",
-                                                      "upstream_id": "us-internal"}],
-                            upstreams=DOCUMENT["upstreams"] + [{"id": "us-internal", "type": "roundrobin", "scheme": "tcp",
-                                                                "nodes": [{"host": "127.0.0.1", "port": internal,
-                                                                           "weight": 1}]}])
+            # a stream route on the capture port too: stream routes serve in both modes
+            document = dict(DOCUMENT, stream_routes=[STREAM_ROUTE], upstreams=DOCUMENT["upstreams"] + [tcp_hop(internal)])
             front = apisix.forward(settings.outbound_port)
             if mode is Mode.API:
                 asyncio.run(AdminApiSink(apisix.admin_url, settings.admin_key).push(document))
@@ -149,10 +154,8 @@ def test_api_mode_idle_apisix_leaves_the_configuration_alone_and_still_follows_p
     settings, data_path = realapisix.settings(Mode.API, outbound_http_ports=(9080,))
     internal = internal_ports(data_path)[(Direction.OUTBOUND, 9080)]
     big = _big_document(12)
-    tcp_hop = {"id": "us-internal", "type": "roundrobin", "scheme": "tcp",
-               "nodes": [{"host": "127.0.0.1", "port": internal, "weight": 1}]}
-    document = dict(big, stream_routes=[{"id": "s-local", "remote_addr": "127.0.0.1", "upstream_id": "us-internal"}],
-                    upstreams=big["upstreams"] + [tcp_hop])
+    hop = tcp_hop(internal)
+    document = dict(big, stream_routes=[STREAM_ROUTE], upstreams=big["upstreams"] + [hop])
     with realapisix.running(render_yaml(settings, data_path)) as apisix:
         sink = AdminApiSink(apisix.admin_url, settings.admin_key)
         listener, front = apisix.forward(internal), apisix.forward(settings.outbound_port)
@@ -176,7 +179,7 @@ def test_api_mode_idle_apisix_leaves_the_configuration_alone_and_still_follows_p
         assert used < 0.2, f"idle APISIX used {used:.2f} s CPU in 3 s: the poll decodes the configuration"
 
         # the route and the stream route go: both subsystems follow
-        asyncio.run(sink.push(dict(big, upstreams=big["upstreams"] + [tcp_hop], routes=[])))
+        asyncio.run(sink.push(dict(big, upstreams=big["upstreams"] + [hop], routes=[])))
         apisix.wait_for(lambda: get(listener)[0] == 404 and _get_or_none(front) is None)
         assert not apisix.errors(), apisix.log()
 
@@ -198,13 +201,11 @@ def test_api_mode_stream_vms_load_their_share_and_the_admin_worker_its_own_table
     realapisix.skip_unless_available()
     settings, data_path = realapisix.settings(Mode.API, outbound_http_ports=(9080,))
     internal = internal_ports(data_path)[(Direction.OUTBOUND, 9080)]
-    tcp_hop = {"id": "us-internal", "type": "roundrobin", "scheme": "tcp",
-               "nodes": [{"host": "127.0.0.1", "port": internal, "weight": 1}]}
     stats_route = {"id": "r-stats", "uri": "/amesh-stats", "priority": 1, "upstream_id": "u-none", "plugins": STATS,
                    "vars": DOCUMENT["routes"][0]["vars"]}
-    document = dict(DOCUMENT, routes=DOCUMENT["routes"] + [stats_route], upstreams=DOCUMENT["upstreams"] + [tcp_hop])
-    with_stream = dict(document, stream_routes=[{"id": "s-local", "remote_addr": "127.0.0.1",
-                                                 "upstream_id": "us-internal"}])
+    document = dict(DOCUMENT, routes=DOCUMENT["routes"] + [stats_route],
+                    upstreams=DOCUMENT["upstreams"] + [tcp_hop(internal)])
+    with_stream = dict(document, stream_routes=[STREAM_ROUTE])
     with realapisix.running(render_yaml(settings, data_path)) as apisix:
         sink = AdminApiSink(apisix.admin_url, settings.admin_key)
         listener, front = apisix.forward(internal), apisix.forward(settings.outbound_port)
@@ -271,10 +272,7 @@ def test_api_mode_a_worker_started_after_the_pushes_serves_the_current_configura
     realapisix.skip_unless_available()
     settings, data_path = realapisix.settings(Mode.API, outbound_http_ports=(9080,))
     internal = internal_ports(data_path)[(Direction.OUTBOUND, 9080)]
-    tcp_hop = {"id": "us-internal", "type": "roundrobin", "scheme": "tcp",
-               "nodes": [{"host": "127.0.0.1", "port": internal, "weight": 1}]}
-    document = dict(DOCUMENT, upstreams=DOCUMENT["upstreams"] + [tcp_hop],
-                    stream_routes=[{"id": "s-local", "remote_addr": "127.0.0.1", "upstream_id": "us-internal"}])
+    document = dict(DOCUMENT, upstreams=DOCUMENT["upstreams"] + [tcp_hop(internal)], stream_routes=[STREAM_ROUTE])
     with realapisix.running(render_yaml(settings, data_path)) as apisix:
         sink = AdminApiSink(apisix.admin_url, settings.admin_key)
         listener, front = apisix.forward(internal), apisix.forward(settings.outbound_port)

@@ -295,7 +295,7 @@ def test_istio_alpn_survives_a_reload(world):
     """The agent reloads APISIX (SIGHUP) when config.yaml changes: the new workers, on nginx's new cycle, set
     Istio's ALPN again in their init (amesh.alpn walks the cycle they run in)."""
     apisix = world["apisix"]
-    before = {pid for pid in apisix.processes(b"nginx: worker process")}
+    before = apisix.processes(b"nginx: worker process")
     os.kill(apisix.proc.pid, signal.SIGHUP)
     deadline, now = time.monotonic() + 15, apisix.processes(b"nginx: worker process")
     while time.monotonic() < deadline and (not now or now & before):
